@@ -1,0 +1,98 @@
+//! Authentication: a bearer token in, the caller's subject (user id) out.
+//!
+//! Verification sits behind [`Verifier`] so that a second key source (Better Auth's JWKS) can be
+//! added beside the shared secret without touching the handlers. The reason a token was rejected
+//! is kept in [`AuthError`] for the log; the client only learns "expired" or "invalid token".
+
+mod shared_secret;
+
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+
+pub use shared_secret::{SharedSecretVerifier, issue_dev_token};
+
+/// Longest subject we accept; the database column has the same bound.
+const MAX_SUBJECT_CHARS: usize = 255;
+/// Tokens longer than this are rejected before any decoding work.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Allowed clock skew for `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    /// The reason is for the log only.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Turns a bearer token into the subject it was issued to.
+#[async_trait]
+pub trait Verifier: Send + Sync + 'static {
+    async fn verify(&self, token: &str) -> Result<String, AuthError>;
+}
+
+/// The issuer and audience to enforce, when configured.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRules {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl ClaimRules {
+    /// A `Validation` that accepts exactly `algorithms`, requires `exp`, honours `nbf`, and
+    /// checks `iss`/`aud` only when configured (Better Auth always sets both).
+    fn validation(&self, algorithms: &[Algorithm]) -> Validation {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.to_vec();
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        validation
+    }
+}
+
+/// Maps a library error to ours, keeping the reason for the log.
+fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
+    match err.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        kind => AuthError::Invalid(format!("{kind:?}")),
+    }
+}
+
+/// The subject: `sub`, else `id`, else `user_id`; a non-empty string of bounded length.
+/// Also rejects an `iat` in the future (beyond the leeway), which the library does not check.
+fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError> {
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat
+            .as_f64()
+            .ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        if iat > now + LEEWAY_SECS as f64 {
+            return Err(AuthError::Invalid("iat is in the future".into()));
+        }
+    }
+    let claim = ["sub", "id", "user_id"]
+        .iter()
+        .find_map(|name| claims.get(*name).filter(|value| !value.is_null()))
+        .ok_or_else(|| AuthError::Invalid("no sub, id or user_id claim".into()))?;
+    match claim.as_str() {
+        Some(subject) if !subject.is_empty() && subject.chars().count() <= MAX_SUBJECT_CHARS => {
+            Ok(subject.to_owned())
+        }
+        _ => Err(AuthError::Invalid(
+            "subject is not a non-empty string of at most 255 characters".into(),
+        )),
+    }
+}

@@ -1,0 +1,240 @@
+//! Configuration from the environment (and `.env`, loaded by `main`), validated once at start.
+//! Every problem is reported as one line naming the variable, never echoing a secret value.
+
+use std::{fmt, net::IpAddr};
+
+/// A value that must never reach a log: its `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// May carry a password, so it is a secret too.
+    pub database_url: Secret<String>,
+    pub auth_secret: Secret<Vec<u8>>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Origins allowed by CORS: `BETTER_AUTH_URL` and `CORS_ORIGINS`.
+    pub cors_origins: Vec<String>,
+    pub host: IpAddr,
+    pub port: u16,
+    pub log_format: LogFormat,
+    /// Prepared statements cached per PostgreSQL connection (`DATABASE_STATEMENT_CACHE`).
+    pub statement_cache_capacity: usize,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tasks.db";
+/// Shorter HS256 keys are accepted, with a warning at start.
+pub const RECOMMENDED_SECRET_BYTES: usize = 32;
+
+/// All the problems found, one line each.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup`; empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut problems = Vec::new();
+
+        let database_url = get("DATABASE_URL")
+            .or_else(|| get("NEON_DATABASE_URL"))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| database_url.starts_with(scheme))
+        {
+            problems.push(
+                "DATABASE_URL must start with postgres://, postgresql:// or sqlite:".to_owned(),
+            );
+        }
+
+        let auth_secret = get("BETTER_AUTH_SECRET");
+        if auth_secret.is_none() {
+            problems.push(if get("BETTER_AUTH_JWKS_URL").is_some() {
+                "BETTER_AUTH_JWKS_URL is not supported yet: set BETTER_AUTH_SECRET".to_owned()
+            } else {
+                "BETTER_AUTH_SECRET is not set (the HS256 key shared with Better Auth)".to_owned()
+            });
+        }
+
+        let mut cors_origins = Vec::new();
+        for (name, value) in [("BETTER_AUTH_URL", get("BETTER_AUTH_URL")), ("CORS_ORIGINS", get("CORS_ORIGINS"))] {
+            for origin in value.iter().flat_map(|v| v.split(',')).map(str::trim) {
+                if origin.is_empty() {
+                    continue;
+                }
+                match normalize_origin(origin) {
+                    Some(origin) => cors_origins.push(origin),
+                    None => problems.push(format!("{name} must hold http(s)://host[:port] origins")),
+                }
+            }
+        }
+        cors_origins.dedup();
+
+        let host = get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = host.parse().unwrap_or_else(|_| {
+            problems.push("HOST must be an IP address, e.g. 127.0.0.1 or 0.0.0.0".to_owned());
+            IpAddr::from([127, 0, 0, 1])
+        });
+        let port = get("PORT").map_or(Ok(8000), |p| p.parse()).unwrap_or_else(|_| {
+            problems.push("PORT must be a number from 0 to 65535".to_owned());
+            8000
+        });
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                problems.push("LOG_FORMAT must be json or pretty".to_owned());
+                LogFormat::Pretty
+            }
+        };
+        let statement_cache_capacity = get("DATABASE_STATEMENT_CACHE")
+            .map_or(Ok(100), |v| v.parse())
+            .unwrap_or_else(|_| {
+                problems.push("DATABASE_STATEMENT_CACHE must be a number (0 turns it off)".to_owned());
+                100
+            });
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            auth_secret: Secret::new(auth_secret.unwrap_or_default().into_bytes()),
+            issuer: get("JWT_ISSUER"),
+            audience: get("JWT_AUDIENCE"),
+            cors_origins,
+            host,
+            port,
+            log_format,
+            statement_cache_capacity,
+        })
+    }
+
+    /// Warnings that should not stop the server.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.auth_secret.expose().len() < RECOMMENDED_SECRET_BYTES {
+            warnings.push(format!(
+                "BETTER_AUTH_SECRET is shorter than {RECOMMENDED_SECRET_BYTES} bytes: use a longer random secret"
+            ));
+        }
+        if self.cors_origins.is_empty() {
+            warnings.push(
+                "neither BETTER_AUTH_URL nor CORS_ORIGINS is set: browsers on other origins are refused".to_owned(),
+            );
+        }
+        warnings
+    }
+}
+
+/// `https://app.example.com/` → `https://app.example.com`; `None` if it is not an origin.
+fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim_end_matches('/');
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))?;
+    let valid = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    valid.then(|| origin.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_to_sqlite_and_localhost() {
+        let config = config(&[("BETTER_AUTH_SECRET", "s")]).unwrap();
+        assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(config.port, 8000);
+        assert_eq!(config.host.to_string(), "127.0.0.1");
+        assert_eq!(config.warnings().len(), 2);
+    }
+
+    #[test]
+    fn neon_alias_and_origins() {
+        let config = config(&[
+            ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("NEON_DATABASE_URL", "postgres://u:p@h/db?sslmode=require"),
+            ("BETTER_AUTH_URL", "http://localhost:3000/"),
+            ("CORS_ORIGINS", "https://a.example, https://b.example"),
+        ])
+        .unwrap();
+        assert!(config.database_url.expose().starts_with("postgres://"));
+        assert_eq!(
+            config.cors_origins,
+            ["http://localhost:3000", "https://a.example", "https://b.example"]
+        );
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn reports_every_problem_without_values() {
+        let err = config(&[
+            ("DATABASE_URL", "mysql://root:hunter2@h/db"),
+            ("PORT", "http"),
+            ("LOG_FORMAT", "xml"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(err.to_string().contains("BETTER_AUTH_SECRET"));
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = config(&[
+            ("BETTER_AUTH_SECRET", "topsecretvalue"),
+            ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("topsecretvalue") && !debug.contains("hunter2"));
+    }
+}

@@ -1,0 +1,290 @@
+//! The HTTP error type and its one mapping to RFC 9457 problem responses.
+//!
+//! Handlers return [`ApiError`]; the framework's own failures (bad JSON, bad parameters, missing
+//! auth header, unknown route, wrong method, wrong content type) arrive as `poem::Error` and are
+//! turned into an `ApiError` by [`problem_response`], so that every error body has one shape and
+//! none carries internals.
+
+use poem::{
+    IntoResponse, Response,
+    error::{MethodNotAllowedError, NotFoundError, ResponseError},
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::{
+    ApiResponse, Object,
+    error::{
+        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
+        ParseRequestPayloadError,
+    },
+    registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::Type,
+};
+
+use crate::{auth::AuthError, store::StoreError};
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECS: &str = "2";
+
+/// An RFC 9457 problem details body.
+#[derive(Debug, Clone, Object)]
+pub struct Problem {
+    /// Always `about:blank`: the status code says what kind of problem it is.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// The status code's reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// A human-readable explanation a frontend can show as is.
+    pub detail: String,
+    /// On 422: one entry per invalid field.
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("forbidden")]
+    Forbidden,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Unprocessable(Vec<FieldError>),
+    #[error("service unavailable")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub const TASK_NOT_FOUND: ApiError = ApiError::NotFound("task not found");
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::BadRequest(detail) => detail.clone(),
+            ApiError::Unauthorized(AuthError::Missing) => {
+                "missing bearer token in the Authorization header".into()
+            }
+            ApiError::Unauthorized(AuthError::Expired) => "token expired".into(),
+            ApiError::Unauthorized(AuthError::Invalid(_)) => "invalid token".into(),
+            ApiError::Forbidden => "the user in the path is not the authenticated user".into(),
+            ApiError::NotFound(detail) => (*detail).into(),
+            ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
+            ApiError::PayloadTooLarge => {
+                format!("request body is larger than {} bytes", crate::http::MAX_BODY_BYTES)
+            }
+            ApiError::UnsupportedMediaType => "request body must be application/json".into(),
+            ApiError::Unprocessable(errors) => errors
+                .iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Unavailable => {
+                "the service is temporarily unavailable, try again shortly".into()
+            }
+            ApiError::Internal => "internal server error".into(),
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let status = ResponseError::status(self);
+        Problem {
+            kind: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("Error").into(),
+            status: status.as_u16(),
+            detail: self.detail(),
+            errors: match self {
+                ApiError::Unprocessable(errors) => Some(errors.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn as_response(&self) -> Response {
+        let body = serde_json::to_vec(&poem_openapi::types::ToJSON::to_json(&self.problem()))
+            .unwrap_or_default();
+        let mut response = Response::builder()
+            .status(ResponseError::status(self))
+            .content_type(PROBLEM_CONTENT_TYPE)
+            .body(body);
+        let headers = response.headers_mut();
+        match self {
+            // RFC 6750 §3: no error code when no credentials were sent.
+            ApiError::Unauthorized(AuthError::Missing) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tasks\""),
+                );
+            }
+            ApiError::Unauthorized(AuthError::Expired) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"tasks\", error=\"invalid_token\", error_description=\"token expired\"",
+                    ),
+                );
+            }
+            ApiError::Unauthorized(AuthError::Invalid(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tasks\", error=\"invalid_token\""),
+                );
+            }
+            ApiError::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::Internal(err) => {
+                tracing::error!(error = ?err, "store error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+/// Documents the error responses every task operation may give, all with the problem schema.
+impl ApiResponse for ApiError {
+    fn meta() -> MetaResponses {
+        let problem = |status: u16, description: &'static str, headers: Vec<MetaHeader>| {
+            MetaResponse {
+                description,
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: PROBLEM_CONTENT_TYPE,
+                    schema: Problem::schema_ref(),
+                }],
+                headers,
+            }
+        };
+        let header = |name: &str, description: &str| MetaHeader {
+            name: name.into(),
+            description: Some(description.into()),
+            required: true,
+            deprecated: false,
+            schema: String::schema_ref(),
+        };
+        MetaResponses {
+            responses: vec![
+                problem(400, "A path or query parameter does not parse, or the body is not valid JSON.", vec![]),
+                problem(401, "The bearer token is missing, malformed, expired or not valid.", vec![
+                    header("WWW-Authenticate", "The bearer challenge (RFC 6750)."),
+                ]),
+                problem(403, "The user id in the path is not the token's subject.", vec![]),
+                problem(404, "No such task for this user (another user's task is reported the same way).", vec![]),
+                problem(413, "The request body is larger than 64 KiB.", vec![]),
+                problem(415, "A request body was sent without `Content-Type: application/json`.", vec![]),
+                problem(422, "The JSON body breaks the schema; `errors` lists each field.", vec![]),
+                problem(500, "A bug; the detail is generic.", vec![]),
+                problem(503, "The database is unreachable or timed out.", vec![
+                    header("Retry-After", "Seconds to wait before retrying."),
+                ]),
+            ],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.as_response()
+    }
+}
+
+/// The catch-all: every error that reaches the top becomes a problem response.
+pub async fn problem_response(err: poem::Error) -> Response {
+    if let Some(api_error) = err.downcast_ref::<ApiError>() {
+        return api_error.as_response();
+    }
+    from_framework(&err).as_response()
+}
+
+/// Classifies the framework's own errors, with details that name the culprit but no internals.
+fn from_framework(err: &poem::Error) -> ApiError {
+    if err.is::<ParseRequestPayloadError>() {
+        ApiError::BadRequest("request body is not valid JSON".into())
+    } else if err.is::<ParsePathError>() {
+        // The task id is the only typed path parameter (poem-openapi names it `param1`).
+        ApiError::BadRequest("the task id in the path must be an integer".into())
+    } else if let Some(ParseParamError { name, .. }) = err.downcast_ref::<ParseParamError>() {
+        ApiError::BadRequest(format!("query parameter `{name}` has an invalid value"))
+    } else if err.is::<ContentTypeError>() {
+        ApiError::UnsupportedMediaType
+    } else if err.is::<AuthorizationError>() {
+        ApiError::Unauthorized(AuthError::Missing)
+    } else if err.is::<NotFoundError>() {
+        ApiError::NotFound("no such resource")
+    } else if err.is::<MethodNotAllowedError>() {
+        ApiError::MethodNotAllowed
+    } else {
+        match err.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::NOT_FOUND => ApiError::NotFound("no such resource"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+            status if status.is_client_error() => ApiError::BadRequest("bad request".into()),
+            _ => {
+                tracing::error!(error = %err, "unhandled error");
+                ApiError::Internal
+            }
+        }
+    }
+}

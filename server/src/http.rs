@@ -1,0 +1,102 @@
+//! Cross-cutting HTTP layers: request ids and access logs, the body-size limit, and CORS.
+
+use std::time::Instant;
+
+use poem::{
+    Endpoint, IntoResponse, Request, Response,
+    error::ReadBodyError,
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware::Cors,
+};
+use tracing::Instrument as _;
+
+use crate::error::ApiError;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
+/// runs it inside a span carrying that id, echoes the id, and logs one line per response.
+pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|id| is_sane_request_id(id))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("a UUID is a valid header value")
+        });
+    let span = tracing::info_span!(
+        "request",
+        id = request_id.to_str().unwrap_or_default(),
+        method = %req.method(),
+        path = req.uri().path(),
+    );
+    let started = Instant::now();
+    let mut response = match next.call(req).instrument(span.clone()).await {
+        Ok(response) => response.into_response(),
+        Err(err) => err.into_response(),
+    };
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "response"
+        );
+    });
+    Ok(response)
+}
+
+fn is_sane_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] of the body, whether or not `Content-Length` is sent
+/// (chunked uploads included). Unlike poem's `SizeLimit`, a request without a body is fine.
+pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
+    let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|err| match err {
+        ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge,
+        _ => ApiError::BadRequest("the request body could not be read".into()),
+    })?;
+    req.set_body(body);
+    Ok(next.call(req).await?.into_response())
+}
+
+/// CORS for the frontend's origins; preflights need no token.
+pub fn cors(origins: &[String]) -> Cors {
+    Cors::new()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            REQUEST_ID,
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-total-count"),
+            header::LOCATION,
+            header::ETAG,
+            REQUEST_ID,
+        ])
+        .allow_credentials(true)
+        .max_age(600)
+}

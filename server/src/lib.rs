@@ -1,0 +1,87 @@
+//! The task API: a multi-user todo service whose contract is its OpenAPI document.
+//!
+//! Layout: [`api`] (HTTP types and handlers), [`auth`] (token → subject), [`store`] (one storage
+//! trait, PostgreSQL and SQLite), [`config`], [`error`] (problem responses), [`http`]
+//! (middleware), [`telemetry`]. [`serve`] runs the service on a listener until a shutdown
+//! signal, which is how `main` and the tests start it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use poem::{
+    Endpoint, EndpointExt, Response, Route, Server, endpoint::make_sync, listener::TcpAcceptor,
+};
+
+use crate::{
+    auth::{ClaimRules, SharedSecretVerifier, Verifier},
+    config::Config,
+    store::{ConnectOptions, TaskStore},
+};
+
+/// What every request needs, handed to handlers as request data.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn TaskStore>,
+    pub verifier: Arc<dyn Verifier>,
+}
+
+impl AppState {
+    /// Connects to the configured database (migrating it) and sets up token verification.
+    pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let options = ConnectOptions {
+            statement_cache_capacity: config.statement_cache_capacity,
+            ..ConnectOptions::default()
+        };
+        let store = store::connect(config.database_url.expose(), &options).await?;
+        let rules = ClaimRules {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        };
+        let verifier = Arc::new(SharedSecretVerifier::new(config.auth_secret.expose(), &rules));
+        Ok(Self { store, verifier })
+    }
+}
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware stack.
+pub fn app(state: AppState, cors_origins: &[String]) -> impl Endpoint + 'static {
+    let api = api::service();
+    let docs = api.swagger_ui();
+    let spec = api::openapi_json();
+    let spec = make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json")
+            .body(spec.clone())
+    });
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", poem::get(spec))
+        .nest("/docs", docs)
+        .around(http::limit_body)
+        .data(state)
+        // Inside CORS, so that error responses carry CORS headers too.
+        .catch_all_error(error::problem_response)
+        .with_if(!cors_origins.is_empty(), http::cors(cors_origins))
+        .around(http::trace_request)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    app: impl Endpoint + 'static,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    Server::new_with_acceptor(TcpAcceptor::from_std(listener)?)
+        .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
+        .await
+}

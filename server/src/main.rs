@@ -1,0 +1,115 @@
+//! The `server` binary: `server` (or `server serve`) runs the service; `server token --sub ID
+//! [--ttl 1h]` prints a development token signed with the configured secret.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use server::{
+    AppState,
+    auth::{ClaimRules, issue_dev_token},
+    config::Config,
+};
+
+const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h]";
+
+fn main() -> ExitCode {
+    // A missing .env is normal; the real environment wins over it.
+    let _ = dotenvy::dotenv();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            for line in &err.0 {
+                eprintln!("configuration error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("serve") => run(config),
+        Some("token") => print_token(&config, &args[1..]),
+        Some(_) => Err(anyhow::anyhow!(USAGE)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> anyhow::Result<()> {
+    server::telemetry::init(config.log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let state = AppState::from_config(&config).await?;
+    let address = SocketAddr::new(config.host, config.port);
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    tracing::info!(%address, "listening; API docs at http://{address}/docs");
+    server::serve(listener, server::app(state, &config.cors_origins), shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    let mut subject = None;
+    let mut ttl = Duration::from_secs(3600);
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
+        match flag.as_str() {
+            "--sub" => subject = Some(value.clone()),
+            "--ttl" => ttl = parse_duration(value)?,
+            _ => anyhow::bail!(USAGE),
+        }
+    }
+    let subject = subject.ok_or_else(|| anyhow::anyhow!(USAGE))?;
+    let rules = ClaimRules {
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+    };
+    let token = issue_dev_token(config.auth_secret.expose(), &subject, ttl.as_secs(), &rules)?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ttl must look like 90s, 15m, 1h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => anyhow::bail!("--ttl must look like 90s, 15m, 1h or 7d"),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}

@@ -1,0 +1,220 @@
+//! Persistence: the domain types and the one storage trait, with a PostgreSQL and a SQLite
+//! implementation. Nothing here knows about HTTP; every method is scoped by owner in SQL, so a
+//! task that belongs to someone else is indistinguishable from one that does not exist.
+
+mod deadline;
+mod postgres;
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use deadline::Deadline;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Task {
+    pub id: i64,
+    pub user_id: String,
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A validated task to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+}
+
+/// A validated partial update: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskPatch {
+    pub title: Option<String>,
+    /// `Some(None)` clears the description.
+    pub description: Option<Option<String>>,
+    pub completed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatusFilter {
+    #[default]
+    All,
+    Pending,
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortKey {
+    #[default]
+    Created,
+    Updated,
+    Title,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// Which of an owner's tasks to list, in which order. Ties are broken by id, so pages are stable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: StatusFilter,
+    pub sort: SortKey,
+    pub order: SortOrder,
+    pub limit: Option<i64>,
+    pub offset: i64,
+}
+
+/// One page of a listing and the number of tasks that matched before paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub tasks: Vec<Task>,
+    pub total: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached in time; worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a broken invariant.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_transient(&err) {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Internal(err.into())
+        }
+    }
+}
+
+/// Errors that mean "the database is not reachable or not ready": a 503, and worth a retry at
+/// start-up. PostgreSQL classes 08 (connection) and 57P (shutting down, starting up); SQLite's
+/// BUSY (5) and LOCKED (6).
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some(c) if c.starts_with("57P") || c.starts_with("08") || c == "5" || c == "6"
+        ),
+        _ => false,
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The one storage interface. `owner` is always the authenticated subject.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page>;
+    async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task>;
+    async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
+    async fn update(&self, owner: &str, id: i64, patch: &TaskPatch) -> StoreResult<Option<Task>>;
+    /// Flips `completed` in one statement, so concurrent toggles never lose one.
+    async fn toggle_completed(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
+    async fn delete(&self, owner: &str, id: i64) -> StoreResult<bool>;
+    /// A `SELECT 1` round trip.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Connection settings shared by both databases.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// How long a request may wait for a pooled connection before it gets a 503.
+    pub acquire_timeout: Duration,
+    /// The longest any one store call may take, connection wait included.
+    pub call_timeout: Duration,
+    /// How long start-up keeps retrying an unreachable database (Neon waking from zero).
+    pub startup_deadline: Duration,
+    pub max_connections: u32,
+    /// Prepared statements cached per PostgreSQL connection; 0 for poolers without support.
+    pub statement_cache_capacity: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            acquire_timeout: Duration::from_millis(1500),
+            call_timeout: Duration::from_millis(1800),
+            startup_deadline: Duration::from_secs(10),
+            max_connections: 10,
+            statement_cache_capacity: 100,
+        }
+    }
+}
+
+/// Opens the database named by `url` (`postgres://…` or `sqlite://…`), applies the embedded
+/// migrations, and returns the store with every call bounded by `call_timeout`.
+pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<Arc<dyn TaskStore>> {
+    let store: Arc<dyn TaskStore> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PostgresStore::connect(url, options).await?)
+    } else if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::connect(url, options).await?)
+    } else {
+        anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")
+    };
+    Ok(Arc::new(Deadline::new(store, options.call_timeout)))
+}
+
+/// Retries `attempt` with exponential backoff until it succeeds or `deadline` has passed.
+async fn retry_until<T, F, Fut>(deadline: Duration, mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if started.elapsed() + delay < deadline && is_transient(&err) => {
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The owner-scoped filter for a listing; both dialects spell it the same way.
+fn status_condition(status: StatusFilter) -> &'static str {
+    match status {
+        StatusFilter::All => "",
+        StatusFilter::Pending => " AND NOT completed",
+        StatusFilter::Completed => " AND completed",
+    }
+}
+
+/// The listing order, with `id` as the tie-break so that pages never overlap or skip.
+fn order_by(sort: SortKey, order: SortOrder) -> &'static str {
+    match (sort, order) {
+        (SortKey::Created, SortOrder::Asc) => " ORDER BY created_at ASC, id ASC",
+        (SortKey::Created, SortOrder::Desc) => " ORDER BY created_at DESC, id DESC",
+        (SortKey::Updated, SortOrder::Asc) => " ORDER BY updated_at ASC, id ASC",
+        (SortKey::Updated, SortOrder::Desc) => " ORDER BY updated_at DESC, id DESC",
+        (SortKey::Title, SortOrder::Asc) => " ORDER BY title ASC, id ASC",
+        (SortKey::Title, SortOrder::Desc) => " ORDER BY title DESC, id DESC",
+    }
+}
