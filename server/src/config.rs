@@ -68,7 +68,11 @@ impl Config {
 
     /// Reads the settings through `lookup`; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut problems = Vec::new();
 
         let database_url = get("DATABASE_URL")
@@ -93,14 +97,19 @@ impl Config {
         }
 
         let mut cors_origins = Vec::new();
-        for (name, value) in [("BETTER_AUTH_URL", get("BETTER_AUTH_URL")), ("CORS_ORIGINS", get("CORS_ORIGINS"))] {
+        for (name, value) in [
+            ("BETTER_AUTH_URL", get("BETTER_AUTH_URL")),
+            ("CORS_ORIGINS", get("CORS_ORIGINS")),
+        ] {
             for origin in value.iter().flat_map(|v| v.split(',')).map(str::trim) {
                 if origin.is_empty() {
                     continue;
                 }
                 match normalize_origin(origin) {
                     Some(origin) => cors_origins.push(origin),
-                    None => problems.push(format!("{name} must hold http(s)://host[:port] origins")),
+                    None => {
+                        problems.push(format!("{name} must hold http(s)://host[:port] origins"))
+                    }
                 }
             }
         }
@@ -111,10 +120,12 @@ impl Config {
             problems.push("HOST must be an IP address, e.g. 127.0.0.1 or 0.0.0.0".to_owned());
             IpAddr::from([127, 0, 0, 1])
         });
-        let port = get("PORT").map_or(Ok(8000), |p| p.parse()).unwrap_or_else(|_| {
-            problems.push("PORT must be a number from 0 to 65535".to_owned());
-            8000
-        });
+        let port = get("PORT")
+            .map_or(Ok(8000), |p| p.parse())
+            .unwrap_or_else(|_| {
+                problems.push("PORT must be a number from 0 to 65535".to_owned());
+                8000
+            });
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -126,7 +137,8 @@ impl Config {
         let statement_cache_capacity = get("DATABASE_STATEMENT_CACHE")
             .map_or(Ok(100), |v| v.parse())
             .unwrap_or_else(|_| {
-                problems.push("DATABASE_STATEMENT_CACHE must be a number (0 turns it off)".to_owned());
+                problems
+                    .push("DATABASE_STATEMENT_CACHE must be a number (0 turns it off)".to_owned());
                 100
             });
 
@@ -183,8 +195,10 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -209,7 +223,11 @@ mod tests {
         assert!(config.database_url.expose().starts_with("postgres://"));
         assert_eq!(
             config.cors_origins,
-            ["http://localhost:3000", "https://a.example", "https://b.example"]
+            [
+                "http://localhost:3000",
+                "https://a.example",
+                "https://b.example"
+            ]
         );
         assert!(config.warnings().is_empty());
     }

@@ -97,7 +97,10 @@ impl ApiError {
             ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
             ApiError::PayloadTooLarge => {
-                format!("request body is larger than {} bytes", crate::http::MAX_BODY_BYTES)
+                format!(
+                    "request body is larger than {} bytes",
+                    crate::http::MAX_BODY_BYTES
+                )
             }
             ApiError::UnsupportedMediaType => "request body must be application/json".into(),
             ApiError::Unprocessable(errors) => errors
@@ -174,7 +177,10 @@ impl ResponseError for ApiError {
                 );
             }
             ApiError::Unavailable => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
             }
             _ => {}
         }
@@ -200,8 +206,8 @@ impl From<StoreError> for ApiError {
 /// Documents the error responses every task operation may give, all with the problem schema.
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        let problem = |status: u16, description: &'static str, headers: Vec<MetaHeader>| {
-            MetaResponse {
+        let problem =
+            |status: u16, description: &'static str, headers: Vec<MetaHeader>| MetaResponse {
                 description,
                 status: Some(status),
                 status_range: None,
@@ -210,8 +216,7 @@ impl ApiResponse for ApiError {
                     schema: Problem::schema_ref(),
                 }],
                 headers,
-            }
-        };
+            };
         let header = |name: &str, description: &str| MetaHeader {
             name: name.into(),
             description: Some(description.into()),
@@ -221,19 +226,46 @@ impl ApiResponse for ApiError {
         };
         MetaResponses {
             responses: vec![
-                problem(400, "A path or query parameter does not parse, or the body is not valid JSON.", vec![]),
-                problem(401, "The bearer token is missing, malformed, expired or not valid.", vec![
-                    header("WWW-Authenticate", "The bearer challenge (RFC 6750)."),
-                ]),
-                problem(403, "The user id in the path is not the token's subject.", vec![]),
-                problem(404, "No such task for this user (another user's task is reported the same way).", vec![]),
+                problem(
+                    400,
+                    "A path or query parameter does not parse, or the body is not valid JSON.",
+                    vec![],
+                ),
+                problem(
+                    401,
+                    "The bearer token is missing, malformed, expired or not valid.",
+                    vec![header(
+                        "WWW-Authenticate",
+                        "The bearer challenge (RFC 6750).",
+                    )],
+                ),
+                problem(
+                    403,
+                    "The user id in the path is not the token's subject.",
+                    vec![],
+                ),
+                problem(
+                    404,
+                    "No such task for this user (another user's task is reported the same way).",
+                    vec![],
+                ),
                 problem(413, "The request body is larger than 64 KiB.", vec![]),
-                problem(415, "A request body was sent without `Content-Type: application/json`.", vec![]),
-                problem(422, "The JSON body breaks the schema; `errors` lists each field.", vec![]),
+                problem(
+                    415,
+                    "A request body was sent without `Content-Type: application/json`.",
+                    vec![],
+                ),
+                problem(
+                    422,
+                    "The JSON body breaks the schema; `errors` lists each field.",
+                    vec![],
+                ),
                 problem(500, "A bug; the detail is generic.", vec![]),
-                problem(503, "The database is unreachable or timed out.", vec![
-                    header("Retry-After", "Seconds to wait before retrying."),
-                ]),
+                problem(
+                    503,
+                    "The database is unreachable or timed out.",
+                    vec![header("Retry-After", "Seconds to wait before retrying.")],
+                ),
             ],
         }
     }

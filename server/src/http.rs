@@ -71,10 +71,14 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(ApiError::PayloadTooLarge.into());
     }
-    let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|err| match err {
-        ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge,
-        _ => ApiError::BadRequest("the request body could not be read".into()),
-    })?;
+    let body = req
+        .take_body()
+        .into_bytes_limit(MAX_BODY_BYTES)
+        .await
+        .map_err(|err| match err {
+            ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge,
+            _ => ApiError::BadRequest("the request body could not be read".into()),
+        })?;
     req.set_body(body);
     Ok(next.call(req).await?.into_response())
 }
@@ -83,7 +87,13 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
 pub fn cors(origins: &[String]) -> Cors {
     Cors::new()
         .allow_origins(origins.iter().map(String::as_str))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -44,7 +44,10 @@ impl AppState {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
         };
-        let verifier = Arc::new(SharedSecretVerifier::new(config.auth_secret.expose(), &rules));
+        let verifier = Arc::new(SharedSecretVerifier::new(
+            config.auth_secret.expose(),
+            &rules,
+        ));
         Ok(Self { store, verifier })
     }
 }

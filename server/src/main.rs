@@ -49,7 +49,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(address)
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     tracing::info!(%address, "listening; API docs at http://{address}/docs");
-    server::serve(listener, server::app(state, &config.cors_origins), shutdown_signal()).await?;
+    server::serve(
+        listener,
+        server::app(state, &config.cors_origins),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -99,7 +104,9 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
 
 /// `90`, `90s`, `15m`, `1h`, `7d`.
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()

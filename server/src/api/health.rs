@@ -41,7 +41,12 @@ impl HealthApi {
     /// Check health
     ///
     /// No authentication. 200 when a `SELECT 1` succeeds within a second, else 503.
-    #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/health",
+        method = "get",
+        operation_id = "health",
+        tag = "ApiTags::Health"
+    )]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
         match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
             Ok(Ok(())) => HealthResponse::Healthy(Json(Health {
@@ -49,7 +54,10 @@ impl HealthApi {
                 database: "ok".into(),
             })),
             outcome => {
-                tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
+                tracing::warn!(
+                    timed_out = outcome.is_err(),
+                    "health check: database unreachable"
+                );
                 HealthResponse::Unhealthy(
                     Json(Health {
                         status: "unhealthy".into(),

@@ -45,3 +45,45 @@ pub fn openapi_json() -> String {
     spec.push('\n');
     spec
 }
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` alone catches a spec that no longer matches the code.
+    #[test]
+    fn committed_openapi_json_matches_the_code() {
+        let committed = include_str!("../../../openapi.json");
+        assert!(
+            committed == super::openapi_json(),
+            "openapi.json is stale: run `cargo xtask openapi` and commit it"
+        );
+    }
+
+    #[test]
+    fn every_operation_has_a_unique_snake_case_operation_id() {
+        let spec: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let mut ids = Vec::new();
+        for (_, path) in spec["paths"].as_object().unwrap() {
+            for (_, operation) in path.as_object().unwrap() {
+                let id = operation["operationId"]
+                    .as_str()
+                    .expect("operationId")
+                    .to_owned();
+                assert!(
+                    id.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{id}"
+                );
+                assert!(
+                    operation["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                    "{id}"
+                );
+                assert!(operation["summary"].is_string(), "{id}");
+                ids.push(id);
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "duplicate operationId");
+        assert_eq!(count, 13);
+    }
+}

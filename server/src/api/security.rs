@@ -30,17 +30,18 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
         ApiError::Unauthorized(err)
     };
     if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
-        return Err(reject(AuthError::Invalid("more than one Authorization header".into())).into());
+        return Err(reject(AuthError::Invalid(
+            "more than one Authorization header".into(),
+        ))
+        .into());
     }
     if bearer.token.len() > MAX_TOKEN_BYTES {
         return Err(reject(AuthError::Invalid("token too long".into())).into());
     }
     let user_id = state.verifier.verify(&bearer.token).await.map_err(reject)?;
-    if let Some(path_user) = path_user(req.uri().path()) {
-        if path_user != user_id {
-            tracing::warn!("path user is not the token subject");
-            return Err(ApiError::Forbidden.into());
-        }
+    if path_user(req.uri().path()).is_some_and(|path_user| path_user != user_id) {
+        tracing::warn!("path user is not the token subject");
+        return Err(ApiError::Forbidden.into());
     }
     Ok(Caller { user_id })
 }

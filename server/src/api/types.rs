@@ -76,14 +76,21 @@ impl Type for Timestamp {
 
 impl ToJSON for Timestamp {
     fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.to_rfc3339_opts(SecondsFormat::Micros, true)))
+        Some(Value::String(
+            self.0.to_rfc3339_opts(SecondsFormat::Micros, true),
+        ))
     }
 }
 
 impl ParseFromJSON for Timestamp {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        let text = value.as_ref().and_then(Value::as_str).ok_or_else(ParseError::expected_input)?;
-        Ok(Self(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc)))
+        let text = value
+            .as_ref()
+            .and_then(Value::as_str)
+            .ok_or_else(ParseError::expected_input)?;
+        Ok(Self(
+            DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc),
+        ))
     }
 }
 

@@ -41,7 +41,9 @@ pub fn task_patch(body: &Value) -> Result<TaskPatch, ApiError> {
     let object = as_object(body)?;
     let mut errors = Vec::new();
     let patch = TaskPatch {
-        title: object.get("title").and_then(|value| title(value, &mut errors)),
+        title: object
+            .get("title")
+            .and_then(|value| title(value, &mut errors)),
         description: object
             .get("description")
             .and_then(|value| description(value, &mut errors)),
@@ -137,10 +139,14 @@ mod tests {
 
     #[test]
     fn create_reports_every_bad_field() {
-        let err = new_task(&json!({"title": 5, "description": 1, "completed": "true"})).unwrap_err();
+        let err =
+            new_task(&json!({"title": 5, "description": 1, "completed": "true"})).unwrap_err();
         assert_eq!(fields(err), ["title", "description", "completed"]);
         assert_eq!(fields(new_task(&json!({})).unwrap_err()), ["title"]);
-        assert_eq!(fields(new_task(&json!({"title": " \t\n"})).unwrap_err()), ["title"]);
+        assert_eq!(
+            fields(new_task(&json!({"title": " \t\n"})).unwrap_err()),
+            ["title"]
+        );
         assert_eq!(fields(new_task(&json!([1])).unwrap_err()), ["body"]);
     }
 
@@ -155,8 +161,14 @@ mod tests {
     #[test]
     fn update_needs_a_known_field_and_rejects_null_title() {
         assert_eq!(fields(task_patch(&json!({})).unwrap_err()), ["body"]);
-        assert_eq!(fields(task_patch(&json!({"foo": 1})).unwrap_err()), ["body"]);
-        assert_eq!(fields(task_patch(&json!({"title": null})).unwrap_err()), ["title"]);
+        assert_eq!(
+            fields(task_patch(&json!({"foo": 1})).unwrap_err()),
+            ["body"]
+        );
+        assert_eq!(
+            fields(task_patch(&json!({"title": null})).unwrap_err()),
+            ["title"]
+        );
         let patch = task_patch(&json!({"description": ""})).unwrap();
         assert_eq!(patch.description, Some(None));
         let patch = task_patch(&json!({"completed": true})).unwrap();

@@ -167,13 +167,14 @@ impl Default for ConnectOptions {
 /// Opens the database named by `url` (`postgres://…` or `sqlite://…`), applies the embedded
 /// migrations, and returns the store with every call bounded by `call_timeout`.
 pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<Arc<dyn TaskStore>> {
-    let store: Arc<dyn TaskStore> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Arc::new(PostgresStore::connect(url, options).await?)
-    } else if url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::connect(url, options).await?)
-    } else {
-        anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")
-    };
+    let store: Arc<dyn TaskStore> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Arc::new(PostgresStore::connect(url, options).await?)
+        } else if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::connect(url, options).await?)
+        } else {
+            anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")
+        };
     Ok(Arc::new(Deadline::new(store, options.call_timeout)))
 }
 
@@ -216,5 +217,23 @@ fn order_by(sort: SortKey, order: SortOrder) -> &'static str {
         (SortKey::Updated, SortOrder::Desc) => " ORDER BY updated_at DESC, id DESC",
         (SortKey::Title, SortOrder::Asc) => " ORDER BY title ASC, id ASC",
         (SortKey::Title, SortOrder::Desc) => " ORDER BY title DESC, id DESC",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both databases must go through the same schema versions.
+    #[test]
+    fn both_migration_folders_define_the_same_versions() {
+        let versions = |migrator: sqlx::migrate::Migrator| {
+            migrator
+                .iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let postgres = versions(sqlx::migrate!("../migrations/postgres"));
+        let sqlite = versions(sqlx::migrate!("../migrations/sqlite"));
+        assert!(!postgres.is_empty());
+        assert_eq!(postgres, sqlite);
     }
 }

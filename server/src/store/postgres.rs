@@ -87,10 +87,10 @@ impl TaskStore for PostgresStore {
     }
 
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
-        Ok(sqlx::query_as(concat!(
+        Ok(sqlx::query_as(
             "INSERT INTO tasks (user_id, title, description, completed) VALUES ($1, $2, $3, $4) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at"
-        ))
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
+        )
         .bind(owner)
         .bind(&task.title)
         .bind(&task.description)

@@ -79,10 +79,22 @@ impl SqliteStore {
         // Every connection to an in-memory database is a database of its own: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { options.max_connections })
+            .max_connections(if in_memory {
+                1
+            } else {
+                options.max_connections
+            })
             .min_connections(u32::from(in_memory))
-            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options);
         retry_until(options.startup_deadline, || async {
