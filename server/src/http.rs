@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
+use futures::StreamExt as _;
 use poem::{
     Endpoint, IntoResponse, Request, Response,
-    error::ReadBodyError,
     http::{HeaderName, HeaderValue, Method, header},
     middleware::Cors,
 };
@@ -14,6 +14,8 @@ use crate::error::ApiError;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most of an oversized body read before answering 413.
+const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -62,23 +64,36 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
 
 /// Reads at most [`MAX_BODY_BYTES`] of the body, whether or not `Content-Length` is sent
 /// (chunked uploads included). Unlike poem's `SizeLimit`, a request without a body is fine.
+///
+/// An oversized body is still read (and dropped) up to [`MAX_DRAINED_BYTES`] before the 413 goes
+/// out: closing the connection under a client that is still sending would make it see a reset
+/// instead of the answer.
 pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|len| len > MAX_DRAINED_BYTES as u64) {
         return Err(ApiError::PayloadTooLarge.into());
     }
-    let body = req
-        .take_body()
-        .into_bytes_limit(MAX_BODY_BYTES)
-        .await
-        .map_err(|err| match err {
-            ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge,
-            _ => ApiError::BadRequest("the request body could not be read".into()),
-        })?;
+    let mut chunks = req.take_body().into_bytes_stream();
+    let mut body = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        seen += chunk.len();
+        if seen > MAX_DRAINED_BYTES {
+            break;
+        }
+        if seen <= MAX_BODY_BYTES {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge.into());
+    }
     req.set_body(body);
     Ok(next.call(req).await?.into_response())
 }

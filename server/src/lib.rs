@@ -17,6 +17,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use poem::{
     Endpoint, EndpointExt, Response, Route, Server, endpoint::make_sync, listener::TcpAcceptor,
+    middleware::CatchPanic,
 };
 
 use crate::{
@@ -74,6 +75,8 @@ pub fn app(state: AppState, cors_origins: &[String]) -> impl Endpoint + 'static 
         // Inside CORS, so that error responses carry CORS headers too.
         .catch_all_error(error::problem_response)
         .with_if(!cors_origins.is_empty(), http::cors(cors_origins))
+        // A bug that panics still answers with a problem (and is logged by the panic hook).
+        .with(CatchPanic::new().with_handler(|_| error::ApiError::Internal))
         .around(http::trace_request)
 }
 

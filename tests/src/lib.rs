@@ -2,6 +2,7 @@
 //! new database in a throwaway PostgreSQL cluster, or in `TEST_DATABASE_URL`'s server), and
 //! hands out generated clients and tokens for it.
 
+pub mod logs;
 pub mod postgres;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -67,6 +68,7 @@ impl TestServer {
 
     /// A server over an existing database URL.
     pub async fn start_on(database_url: &str, options: Options) -> Self {
+        logs::capture();
         let store = server::store::connect(database_url, &ConnectOptions::default())
             .await
             .expect("connect the store");
@@ -99,11 +101,18 @@ impl TestServer {
         client_sdk::authenticated(&self.base_url, &token(user)).expect("client")
     }
 
+    /// The generated client without credentials.
+    pub fn anonymous(&self) -> client_sdk::Client {
+        client_sdk::anonymous(&self.base_url).expect("client")
+    }
+
     /// A plain HTTP client for requests the generated client cannot express.
     pub fn raw(&self) -> RawClient {
         RawClient {
             base_url: self.base_url.clone(),
-            http: reqwest::Client::new(),
+            http: client_sdk::http_client_builder()
+                .build()
+                .expect("http client"),
         }
     }
 
@@ -116,6 +125,13 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if !std::thread::panicking() {
+            let (leaks, _) = logs::leaks();
+            assert!(
+                leaks.is_empty(),
+                "a secret, password or token was logged: {leaks:?}"
+            );
         }
     }
 }

@@ -89,9 +89,14 @@ impl PgCluster {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
     }
 
-    /// A superuser URL for the `postgres` database.
+    /// A superuser URL for the `postgres` database (with a password that trust auth ignores
+    /// and the log scan looks for).
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            crate::logs::DB_PASSWORD,
+            self.port
+        )
     }
 
     fn data(&self) -> String {

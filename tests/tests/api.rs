@@ -97,11 +97,7 @@ async fn expect_problem(response: reqwest::Response, status: StatusCode) -> Valu
 
 async fn health_reports_the_database(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let health = client_sdk::Client::new(&server.base_url)
-        .health()
-        .send()
-        .await
-        .unwrap();
+    let health = server.anonymous().health().send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(health.status, "healthy");
     assert_eq!(health.database, "ok");
@@ -540,6 +536,7 @@ async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
         (json!({"title": null}), "title"),
         (json!({"title": 5}), "title"),
         (json!({"title": ["a"]}), "title"),
+        (json!({"title": "nul \u{0} inside"}), "title"),
         (
             json!({"title": "ok", "description": long_description}),
             "description",
@@ -867,29 +864,49 @@ async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
     assert!(list(&attacker).await.is_empty());
 }
 
+/// RFC 8725's attacks, and every other way a token can be wrong: each is a 401 problem with a
+/// bearer challenge, and none of them changes anything.
 async fn authentication_failures_are_401_problems(backend: Backend) {
     let server = TestServer::start(backend).await;
     let owner = server.client("alice");
     let task = create(&owner, "guarded").await;
     let t = now();
+    let valid = json!({"sub": "alice", "exp": t + 600});
+    let with_kid = |kid: &str| forge(&json!({"alg": "HS256", "typ": "JWT", "kid": kid}), &valid);
     let bad_tokens: Vec<(&str, String)> = vec![
         ("garbage", "not.a.jwt".into()),
+        ("two parts", "abc.def".into()),
+        ("alg none", unsigned_token(&valid)),
+        (
+            "header claims RS256, HMAC-signed",
+            forge(&json!({"alg": "RS256", "typ": "JWT"}), &valid),
+        ),
+        (
+            "header claims EdDSA, HMAC-signed",
+            forge(&json!({"alg": "EdDSA", "typ": "JWT"}), &valid),
+        ),
+        (
+            "header claims ES256, HMAC-signed",
+            forge(&json!({"alg": "ES256"}), &valid),
+        ),
+        (
+            "HS384 with the right secret",
+            sign_with(Algorithm::HS384, SECRET.as_bytes(), &valid),
+        ),
+        (
+            "HS512 with the right secret",
+            sign_with(Algorithm::HS512, SECRET.as_bytes(), &valid),
+        ),
         (
             "wrong secret",
             sign_with(
                 Algorithm::HS256,
                 b"another-secret-another-secret-!!",
-                &json!({"sub": "alice", "exp": t + 600}),
+                &valid,
             ),
         ),
-        (
-            "HS512 with the right secret",
-            sign_with(
-                Algorithm::HS512,
-                SECRET.as_bytes(),
-                &json!({"sub": "alice", "exp": t + 600}),
-            ),
-        ),
+        ("empty secret", sign_with(Algorithm::HS256, b"", &valid)),
+        ("tampered payload", tamper(&sign(&valid))),
         ("expired", sign(&json!({"sub": "alice", "exp": t - 3600}))),
         (
             "not yet valid",
@@ -899,27 +916,61 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
             "issued in the future",
             sign(&json!({"sub": "alice", "exp": t + 7200, "iat": t + 3600})),
         ),
+        (
+            "exp not a number",
+            sign(&json!({"sub": "alice", "exp": "tomorrow"})),
+        ),
         ("no exp", sign(&json!({"sub": "alice"}))),
         ("no subject", sign(&json!({"exp": t + 600}))),
         ("empty subject", sign(&json!({"sub": "", "exp": t + 600}))),
         ("numeric subject", sign(&json!({"sub": 42, "exp": t + 600}))),
         (
-            "alg none",
-            unsigned_token(&json!({"sub": "alice", "exp": t + 600})),
+            "object subject",
+            sign(&json!({"sub": {"id": "alice"}, "exp": t + 600})),
         ),
+        (
+            "subject of 256 characters",
+            sign(&json!({"sub": "a".repeat(256), "exp": t + 600})),
+        ),
+        (
+            "100 KB token",
+            sign(&json!({"sub": "alice", "exp": t + 600, "pad": "p".repeat(100 * 1024)})),
+        ),
+        ("kid path traversal", with_kid("../../../../etc/passwd")),
+        ("kid absolute path", with_kid("/dev/null")),
+        ("kid SQL injection", with_kid("' OR '1'='1' --")),
+        ("kid command injection", with_kid("key|rm -rf /")),
+        ("kid control character", with_kid("key\u{0}")),
     ];
+    let attempts = |bad: String| {
+        let raw = server.raw();
+        let id = task.id;
+        async move {
+            let update = raw
+                .request(Method::PUT, &format!("/api/tasks/{id}"))
+                .json(&json!({"title": "pwned"}));
+            vec![
+                raw.request(Method::GET, "/api/tasks")
+                    .bearer_auth(&bad)
+                    .send()
+                    .await
+                    .unwrap(),
+                update.bearer_auth(&bad).send().await.unwrap(),
+                raw.request(Method::PATCH, &format!("/api/alice/tasks/{id}/complete"))
+                    .bearer_auth(&bad)
+                    .send()
+                    .await
+                    .unwrap(),
+                raw.request(Method::DELETE, &format!("/api/tasks/{id}"))
+                    .bearer_auth(&bad)
+                    .send()
+                    .await
+                    .unwrap(),
+            ]
+        }
+    };
     for (what, bad) in &bad_tokens {
-        for (method, path) in [
-            (Method::GET, "/api/tasks".to_owned()),
-            (Method::DELETE, format!("/api/tasks/{}", task.id)),
-        ] {
-            let response = server
-                .raw()
-                .request(method, &path)
-                .bearer_auth(bad)
-                .send()
-                .await
-                .unwrap();
+        for response in attempts(bad.clone()).await {
             let challenge = response.headers()[header::WWW_AUTHENTICATE]
                 .to_str()
                 .unwrap()
@@ -940,6 +991,7 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         Some("Basic YWxpY2U6cGFzcw=="),
         Some("Bearer"),
         Some("Bearer "),
+        Some("bearer"),
     ] {
         let mut request = server.raw().request(Method::GET, "/api/tasks");
         if let Some(value) = authorization {
@@ -949,14 +1001,63 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
         expect_problem(response, StatusCode::UNAUTHORIZED).await;
     }
+    // Two Authorization headers, even both valid, are refused rather than guessed between.
+    let twice = server
+        .raw()
+        .request(Method::DELETE, &format!("/api/tasks/{}", task.id))
+        .header(header::AUTHORIZATION, format!("Bearer {}", token("alice")))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", token("mallory")),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(twice, StatusCode::UNAUTHORIZED).await;
     // The generated client sees the same 401.
-    let unauthenticated = client_sdk::Client::new(&server.base_url);
+    let unauthenticated = server.anonymous();
     assert_eq!(
         problem(unauthenticated.list_tasks().send().await).status,
         401
     );
-    // Nothing was deleted by any of them.
-    assert_eq!(list(&owner).await.len(), 1);
+    // A kid that is a plain identifier is fine.
+    let response = server
+        .raw()
+        .request(Method::GET, "/api/tasks")
+        .bearer_auth(with_kid("key-2026_01.a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Nothing was changed by any of them.
+    let after = list(&owner).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].title, "guarded");
+    assert!(!after[0].completed);
+    assert_eq!(after[0].updated_at, task.updated_at);
+}
+
+/// A token with an arbitrary header, HMAC-signed with the right secret.
+fn forge(header: &Value, claims: &Value) -> String {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!(
+        "{}.{}",
+        engine.encode(header.to_string()),
+        engine.encode(claims.to_string())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+/// The same token with one payload character changed (the signature no longer matches).
+fn tamper(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let payload = &mut parts[1];
+    let last = payload.pop().unwrap();
+    payload.push(if last == 'A' { 'B' } else { 'A' });
+    parts.join(".")
 }
 
 /// A token with `"alg": "none"` and no signature (RFC 8725 §2.1).

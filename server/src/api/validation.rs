@@ -10,6 +10,8 @@ use crate::{
 
 pub const TITLE_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 1000;
+/// PostgreSQL text cannot hold U+0000 and SQLite's `length()` stops at it: refuse it up front.
+const NUL_MESSAGE: &str = "must not contain NUL (U+0000) characters";
 
 pub fn new_task(body: &Value) -> Result<NewTask, ApiError> {
     let object = as_object(body)?;
@@ -74,7 +76,10 @@ fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
         errors.push(FieldError::new("title", "must be a string"));
         return None;
     };
-    if title.trim().is_empty() {
+    if title.contains('\0') {
+        errors.push(FieldError::new("title", NUL_MESSAGE));
+        None
+    } else if title.trim().is_empty() {
         errors.push(FieldError::new("title", "must not be blank"));
         None
     } else if title.chars().count() > TITLE_MAX_CHARS {
@@ -93,6 +98,10 @@ fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<Str
     match value {
         Value::Null => Some(None),
         Value::String(text) if text.is_empty() => Some(None),
+        Value::String(text) if text.contains('\0') => {
+            errors.push(FieldError::new("description", NUL_MESSAGE));
+            None
+        }
         Value::String(text) if text.chars().count() > DESCRIPTION_MAX_CHARS => {
             errors.push(FieldError::new(
                 "description",
@@ -148,6 +157,11 @@ mod tests {
             ["title"]
         );
         assert_eq!(fields(new_task(&json!([1])).unwrap_err()), ["body"]);
+        let nul = json!({"title": "a\u{0}b", "description": "\u{0}"});
+        assert_eq!(
+            fields(new_task(&nul).unwrap_err()),
+            ["title", "description"]
+        );
     }
 
     #[test]

@@ -69,6 +69,27 @@ impl ClaimRules {
     }
 }
 
+/// Longest `kid` we look at.
+const MAX_KID_CHARS: usize = 128;
+
+/// Rejects a header `kid` that could only be an attack on a key lookup (path traversal, SQL,
+/// control characters): key ids are short tokens of URL-safe characters.
+fn check_key_id(header: &jsonwebtoken::Header) -> Result<(), AuthError> {
+    match header.kid.as_deref() {
+        Some(kid)
+            if kid.is_empty()
+                || kid.len() > MAX_KID_CHARS
+                || kid.contains("..")
+                || !kid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=')) =>
+        {
+            Err(AuthError::Invalid("suspicious kid in the header".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Maps a library error to ours, keeping the reason for the log.
 fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
     match err.kind() {

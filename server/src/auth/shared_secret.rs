@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value, json};
 
-use super::{AuthError, ClaimRules, Verifier, classify, subject_from_claims};
+use super::{AuthError, ClaimRules, Verifier, check_key_id, classify, subject_from_claims};
 
 pub struct SharedSecretVerifier {
     key: DecodingKey,
@@ -26,6 +26,7 @@ impl Verifier for SharedSecretVerifier {
     async fn verify(&self, token: &str) -> Result<String, AuthError> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(classify)?;
+        check_key_id(&data.header)?;
         subject_from_claims(&data.claims)
     }
 }

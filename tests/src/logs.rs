@@ -1,0 +1,70 @@
+//! Every test server logs at `debug` into a capture that looks at each line as it is written
+//! for things that must never be logged: the JWT secret, the database password, and any JWT
+//! at all (every JWT starts with `eyJ`, the base64 of `{"`). A test server that is dropped
+//! while the capture holds such a line fails its test.
+
+use std::{
+    io::Write,
+    sync::{Mutex, Once},
+};
+
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+
+/// The password in every PostgreSQL URL the harness builds (trust auth ignores it, so it is
+/// there only to prove that it is never logged).
+pub const DB_PASSWORD: &str = "pg-password-must-never-be-logged";
+
+static LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LINES: Mutex<u64> = Mutex::new(0);
+
+/// Installs the capturing subscriber once per test binary.
+pub fn capture() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let filter = EnvFilter::new("debug,hyper=info,h2=info,reqwest=info,hyper_util=info");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(Scanner)
+            .json()
+            .try_init();
+    });
+}
+
+/// The leaking lines seen so far (empty is good), and how many lines were looked at.
+pub fn leaks() -> (Vec<String>, u64) {
+    (LEAKS.lock().unwrap().clone(), *LINES.lock().unwrap())
+}
+
+/// What must never appear in a log line or a response.
+pub fn is_secret_bearing(text: &str) -> bool {
+    text.contains(crate::SECRET) || text.contains(DB_PASSWORD) || text.contains("eyJ")
+}
+
+#[derive(Clone, Copy)]
+struct Scanner;
+
+impl<'a> MakeWriter<'a> for Scanner {
+    type Writer = Scanner;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Scanner
+    }
+}
+
+impl Write for Scanner {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        *LINES.lock().unwrap() += 1;
+        if is_secret_bearing(&line) {
+            LEAKS.lock().unwrap().push(line.into_owned());
+        }
+        if std::env::var_os("TEST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
