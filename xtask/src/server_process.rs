@@ -1,0 +1,149 @@
+//! The real `server` binary as a child process: built once, started on a free port with its
+//! JSON logs in a file, waited on until `/health` answers, killed or stopped at will.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use integration_tests::SECRET;
+
+use super::root;
+
+/// Builds the server binary (debug profile) and returns its path.
+pub fn build() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--package", "server", "--bin", "server"])
+        .current_dir(root())
+        .status()?;
+    anyhow::ensure!(status.success(), "building the server failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("debug").join("server"))
+}
+
+pub struct ServerProcess {
+    child: Child,
+    pub base_url: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `binary` on `database_url` and waits until it is healthy.
+    pub async fn start(binary: &Path, database_url: &str, log: PathBuf) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(binary)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url)
+            .env("BETTER_AUTH_SECRET", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "debug,hyper=info,h2=info")
+            // Never pick up a developer's .env.
+            .current_dir(log.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("start the server binary")?;
+        let mut server = Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(server)
+    }
+
+    /// Polls `/health` until it answers 200 (the process must still be running).
+    async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let http = client_sdk::http_client_builder().build()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "the server exited during start-up ({status}); see {}",
+                    self.log.display()
+                );
+            }
+            let health = http.get(format!("{}/health", self.base_url)).send().await;
+            if health.is_ok_and(|response| response.status().is_success()) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "the server was not healthy within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill_hard(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the graceful shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "the server did not shut down cleanly: {status}"
+        );
+        Ok(())
+    }
+
+    /// Resident memory, from `/proc`.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fails if any line of the logs carries the JWT secret, the database password or a token.
+pub fn scan_logs(logs: &[PathBuf]) -> anyhow::Result<usize> {
+    let mut lines = 0;
+    for log in logs {
+        let text = std::fs::read_to_string(log)?;
+        for line in text.lines() {
+            lines += 1;
+            anyhow::ensure!(
+                !integration_tests::logs::is_secret_bearing(line),
+                "{} logged a secret, password or token: {line}",
+                log.display()
+            );
+        }
+    }
+    Ok(lines)
+}
