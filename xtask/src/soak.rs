@@ -40,7 +40,13 @@ impl Options {
             match *flag {
                 "--minutes" => options.minutes = value.parse()?,
                 "--users" => options.users = value.parse()?,
-                "--database" => options.sqlite = *value == "sqlite",
+                "--database" => {
+                    options.sqlite = match *value {
+                        "sqlite" => true,
+                        "postgres" => false,
+                        _ => anyhow::bail!("--database is postgres or sqlite"),
+                    }
+                }
                 _ => anyhow::bail!("unknown option {flag}"),
             }
         }
@@ -70,7 +76,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let log = scratch.path().join("soak.log");
     let mut server = ServerProcess::start(&binary, &database_url, log.clone()).await?;
     let duration = Duration::from_secs_f64(options.minutes * 60.0);
-    let warm_up = (duration / 5).min(Duration::from_secs(30));
+    // Long enough for pools, caches and SQLite's page cache to fill.
+    let warm_up = (duration / 4).min(Duration::from_secs(60));
     let started = Instant::now();
     let deadline = started + duration;
     let counters = Arc::new(Counters::default());
