@@ -3,16 +3,14 @@
 //! - `openapi`: write `openapi.json` from the server's API definition (no database, no server).
 //! - `openapi --check`: fail if the committed `openapi.json` is stale.
 //! - `dev`: run the service locally, creating `.env` with a random secret on first use.
-//! - `resilience`: kill -9 in the middle of a write burst (PostgreSQL and SQLite), and two
-//!   server processes on one PostgreSQL. Real server processes; checks their logs for secrets.
-//! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a mixed workload against a
-//!   server process; reports requests, errors and the server's memory.
+//! - `resilience`: kill -9 mid-burst on both databases, and two processes on one PostgreSQL.
+//! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a long mixed workload.
+//!
+//! The last two run `tests/src/bin/evidence`: this crate depends only on `server`, so that
+//! regenerating a broken `openapi.json` never needs the client generated from it.
 
 mod dev;
 mod openapi;
-mod resilience;
-mod server_process;
-mod soak;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -26,9 +24,7 @@ fn main() -> ExitCode {
         ["openapi"] => openapi::write(),
         ["openapi", "--check"] => openapi::check(),
         ["dev"] => dev::run(),
-        ["resilience"] => runtime().and_then(|rt| rt.block_on(resilience::run())),
-        ["soak", options @ ..] => soak::Options::parse(options)
-            .and_then(|options| runtime().and_then(|rt| rt.block_on(soak::run(options)))),
+        ["resilience"] | ["soak", ..] => evidence(&args),
         _ => Err(anyhow::anyhow!(USAGE)),
     };
     match result {
@@ -40,13 +36,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// The workspace root.
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs the evidence binary of the integration tests with these arguments.
+fn evidence(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "integration-tests",
+            "--bin",
+            "evidence",
+            "--",
+        ])
+        .args(args)
+        .current_dir(root())
+        .status()?;
+    anyhow::ensure!(status.success(), "{} failed", args[0]);
+    Ok(())
 }

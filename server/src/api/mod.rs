@@ -15,14 +15,15 @@ pub use security::Caller;
 pub enum ApiTags {
     /// Your tasks; the owner is the token's subject.
     Tasks,
-    /// The same operations under `/api/{user_id}/tasks`, as the original frontend calls them.
+    /// The same operations under `/api/{user_id}/tasks`, as the original frontend calls them:
+    /// `{user_id}` must be the token's subject, else 403 (before anything else is read).
     #[oai(rename = "Tasks by user path")]
     UserTasks,
     /// Service health.
     Health,
 }
 
-pub type Api = (tasks::TasksApi, health::HealthApi);
+pub type Api = (tasks::TasksApi, tasks::UserTasksApi, health::HealthApi);
 
 const DESCRIPTION: &str = "Create, list, read, update, complete and delete your own tasks. \
 Every `/api` operation needs `Authorization: Bearer <JWT>` (a Better Auth token); nobody ever \
@@ -32,7 +33,7 @@ one. Errors are RFC 9457 problem details (`application/problem+json`).";
 /// The API definition, the single source of `openapi.json`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (tasks::TasksApi, health::HealthApi),
+        (tasks::TasksApi, tasks::UserTasksApi, health::HealthApi),
         "Task API",
         env!("CARGO_PKG_VERSION"),
     )

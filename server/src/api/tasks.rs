@@ -1,6 +1,10 @@
-//! The task operations. Each is served under two paths — `/api/tasks…` (the owner is the
-//! token's subject) and `/api/{user_id}/tasks…` (the same, after the path user has been checked
-//! against the subject by the security scheme) — by two thin operations that share one body.
+//! The task operations, served under two path styles: `/api/tasks…`, where the owner is the
+//! token's subject, and `/api/{user_id}/tasks…` (what the original frontend calls), where the
+//! security scheme has already answered 403 unless `{user_id}` is that subject.
+//!
+//! The OpenAPI document needs each style as separate operations (own paths and operationIds),
+//! so `task_operations!` declares the six operations once and is expanded for each style; every
+//! operation is a one-line call into the shared functions below it.
 
 use poem::{Request, web::Data};
 use poem_openapi::{
@@ -27,254 +31,174 @@ use crate::{
 type CreateBody = Json<JsonObject<TaskCreateSchema>>;
 type UpdateBody = Json<JsonObject<TaskUpdateSchema>>;
 
-pub struct TasksApi;
+/// Declares the six task operations for one path style: `$api` is the type, then its three
+/// paths (collection, item, completion toggle), tag and operationIds; `path_user` marks the
+/// style whose paths hold `:user_id`. (Not `prefix_path`: poem-openapi would document the prefix
+/// as `/api/:user_id` instead of `/api/{user_id}`.)
+/// (Literals are taken as `tt` so that poem-openapi's attribute parser sees plain literals.)
+macro_rules! task_operations {
+    (
+        $api:ident,
+        paths: [$collection:tt, $item:tt, $complete:tt],
+        tag: $tag:tt,
+        operation_ids: [$list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt]
+        $(, path_user: $user_id:ident)? $(,)?
+    ) => {
+        pub struct $api;
 
-#[OpenApi]
-impl TasksApi {
-    /// List your tasks
-    ///
-    /// Without parameters: every task of the caller, oldest first, as a plain array. `status`
-    /// filters, `sort` and `order` reorder (ties broken by id), `limit` (1–1000) and `offset`
-    /// page. `X-Total-Count` is the number of matching tasks before paging. A parameter that
-    /// does not parse is a 400; a number out of range a 422.
-    #[oai(
-        path = "/api/tasks",
-        method = "get",
-        operation_id = "list_tasks",
-        tag = "ApiTags::Tasks"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn list_tasks(
-        &self,
-        auth: BearerAuth,
-        state: Data<&AppState>,
-        status: Query<Option<StatusParam>>,
-        sort: Query<Option<SortParam>>,
-        order: Query<Option<OrderParam>>,
-        limit: Query<Option<Limit>>,
-        offset: Query<Option<Offset>>,
-    ) -> Result<TaskListResponse, ApiError> {
-        let query = list_query(status.0, sort.0, order.0, limit.0, offset.0)?;
-        list(&state, &auth, &query).await
-    }
+        #[OpenApi(tag = $tag)]
+        impl $api {
+            /// List tasks
+            ///
+            /// Without parameters: every task of the caller, oldest first, as a plain array.
+            /// `status` filters, `sort` and `order` reorder (ties broken by id), `limit`
+            /// (1–1000) and `offset` page. `X-Total-Count` is the number of matching tasks
+            /// before paging. A parameter that does not parse is a 400; a number out of range
+            /// a 422.
+            #[oai(path = $collection, method = "get", operation_id = $list)]
+            #[allow(clippy::too_many_arguments)]
+            async fn list(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                state: Data<&AppState>,
+                status: Query<Option<StatusParam>>,
+                sort: Query<Option<SortParam>>,
+                order: Query<Option<OrderParam>>,
+                limit: Query<Option<Limit>>,
+                offset: Query<Option<Offset>>,
+            ) -> Result<TaskListResponse, ApiError> {
+                $( let _ = $user_id; )?
+                list(&state, &auth, list_query(status.0, sort.0, order.0, limit.0, offset.0)?).await
+            }
 
-    /// List a user's tasks
-    ///
-    /// `list_tasks` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks",
-        method = "get",
-        operation_id = "list_user_tasks",
-        tag = "ApiTags::UserTasks"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn list_user_tasks(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        state: Data<&AppState>,
-        status: Query<Option<StatusParam>>,
-        sort: Query<Option<SortParam>>,
-        order: Query<Option<OrderParam>>,
-        limit: Query<Option<Limit>>,
-        offset: Query<Option<Offset>>,
-    ) -> Result<TaskListResponse, ApiError> {
-        let query = list_query(status.0, sort.0, order.0, limit.0, offset.0)?;
-        list(&state, &auth, &query).await
-    }
+            /// Create a task
+            ///
+            /// The owner is the token's subject; `id`, `user_id` and timestamps in the body are
+            /// ignored, as are unknown fields. `Location` is the new task's URL.
+            #[oai(path = $collection, method = "post", operation_id = $create)]
+            async fn create(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                state: Data<&AppState>,
+                req: &Request,
+                body: CreateBody,
+            ) -> Result<TaskCreatedResponse, ApiError> {
+                $( let _ = $user_id; )?
+                create(&state, &auth, req, &body).await
+            }
 
-    /// Create a task
-    ///
-    /// The owner is the token's subject; `id`, `user_id` and timestamps in the body are
-    /// ignored, as are unknown fields. `Location` is the new task's URL.
-    #[oai(
-        path = "/api/tasks",
-        method = "post",
-        operation_id = "create_task",
-        tag = "ApiTags::Tasks"
-    )]
-    async fn create_task(
-        &self,
-        auth: BearerAuth,
-        state: Data<&AppState>,
-        req: &Request,
-        body: CreateBody,
-    ) -> Result<TaskCreatedResponse, ApiError> {
-        create(&state, &auth, req, &body).await
-    }
+            /// Get a task
+            ///
+            /// 404 when it does not exist or belongs to someone else (the two look the same).
+            #[oai(path = $item, method = "get", operation_id = $get)]
+            async fn get(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                id: Path<i64>,
+                state: Data<&AppState>,
+            ) -> Result<TaskResponse, ApiError> {
+                $( let _ = $user_id; )?
+                get(&state, &auth, id.0).await
+            }
 
-    /// Create a task for a user
-    ///
-    /// `create_task` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks",
-        method = "post",
-        operation_id = "create_user_task",
-        tag = "ApiTags::UserTasks"
-    )]
-    async fn create_user_task(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        state: Data<&AppState>,
-        req: &Request,
-        body: CreateBody,
-    ) -> Result<TaskCreatedResponse, ApiError> {
-        create(&state, &auth, req, &body).await
-    }
+            /// Update a task
+            ///
+            /// Partial: only the fields present change (at least one of `title`,
+            /// `description`, `completed`); `description: null` or `""` clears it;
+            /// `updated_at` moves forward.
+            #[oai(path = $item, method = "put", operation_id = $update)]
+            async fn update(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                id: Path<i64>,
+                state: Data<&AppState>,
+                body: UpdateBody,
+            ) -> Result<TaskResponse, ApiError> {
+                $( let _ = $user_id; )?
+                update(&state, &auth, id.0, &body).await
+            }
 
-    /// Get a task
-    ///
-    /// 404 when it does not exist or belongs to someone else (the two look the same).
-    #[oai(
-        path = "/api/tasks/:id",
-        method = "get",
-        operation_id = "get_task",
-        tag = "ApiTags::Tasks"
-    )]
-    async fn get_task(
-        &self,
-        auth: BearerAuth,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<TaskResponse, ApiError> {
-        get(&state, &auth, id.0).await
-    }
+            /// Toggle a task's completion
+            ///
+            /// Flips `completed` atomically in the database, so N concurrent toggles give N
+            /// distinct consecutive states. Takes no body (one sent is ignored).
+            #[oai(path = $complete, method = "patch", operation_id = $toggle)]
+            async fn toggle(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                id: Path<i64>,
+                state: Data<&AppState>,
+            ) -> Result<TaskResponse, ApiError> {
+                $( let _ = $user_id; )?
+                toggle(&state, &auth, id.0).await
+            }
 
-    /// Get a user's task
-    ///
-    /// `get_task` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks/:id",
-        method = "get",
-        operation_id = "get_user_task",
-        tag = "ApiTags::UserTasks"
-    )]
-    async fn get_user_task(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<TaskResponse, ApiError> {
-        get(&state, &auth, id.0).await
-    }
-
-    /// Update a task
-    ///
-    /// Partial: only the fields present change (at least one of `title`, `description`,
-    /// `completed`); `description: null` or `""` clears it; `updated_at` moves forward.
-    #[oai(
-        path = "/api/tasks/:id",
-        method = "put",
-        operation_id = "update_task",
-        tag = "ApiTags::Tasks"
-    )]
-    async fn update_task(
-        &self,
-        auth: BearerAuth,
-        id: Path<i64>,
-        state: Data<&AppState>,
-        body: UpdateBody,
-    ) -> Result<TaskResponse, ApiError> {
-        update(&state, &auth, id.0, &body).await
-    }
-
-    /// Update a user's task
-    ///
-    /// `update_task` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks/:id",
-        method = "put",
-        operation_id = "update_user_task",
-        tag = "ApiTags::UserTasks"
-    )]
-    async fn update_user_task(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        id: Path<i64>,
-        state: Data<&AppState>,
-        body: UpdateBody,
-    ) -> Result<TaskResponse, ApiError> {
-        update(&state, &auth, id.0, &body).await
-    }
-
-    /// Toggle a task's completion
-    ///
-    /// Flips `completed` atomically in the database, so N concurrent toggles give N distinct
-    /// consecutive states. Takes no body (one sent is ignored).
-    #[oai(
-        path = "/api/tasks/:id/complete",
-        method = "patch",
-        operation_id = "toggle_task",
-        tag = "ApiTags::Tasks"
-    )]
-    async fn toggle_task(
-        &self,
-        auth: BearerAuth,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<TaskResponse, ApiError> {
-        toggle(&state, &auth, id.0).await
-    }
-
-    /// Toggle a user's task's completion
-    ///
-    /// `toggle_task` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks/:id/complete",
-        method = "patch",
-        operation_id = "toggle_user_task",
-        tag = "ApiTags::UserTasks"
-    )]
-    async fn toggle_user_task(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<TaskResponse, ApiError> {
-        toggle(&state, &auth, id.0).await
-    }
-
-    /// Delete a task
-    ///
-    /// 204 with an empty body; 404 when it does not exist or belongs to someone else.
-    #[oai(
-        path = "/api/tasks/:id",
-        method = "delete",
-        operation_id = "delete_task",
-        tag = "ApiTags::Tasks"
-    )]
-    async fn delete_task(
-        &self,
-        auth: BearerAuth,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<DeletedResponse, ApiError> {
-        delete(&state, &auth, id.0).await
-    }
-
-    /// Delete a user's task
-    ///
-    /// `delete_task` under the user path: `{user_id}` must be the token's subject (else 403).
-    #[oai(
-        path = "/api/:user_id/tasks/:id",
-        method = "delete",
-        operation_id = "delete_user_task",
-        tag = "ApiTags::UserTasks"
-    )]
-    async fn delete_user_task(
-        &self,
-        auth: BearerAuth,
-        #[oai(name = "user_id")] _user_id: Path<String>,
-        id: Path<i64>,
-        state: Data<&AppState>,
-    ) -> Result<DeletedResponse, ApiError> {
-        delete(&state, &auth, id.0).await
-    }
+            /// Delete a task
+            ///
+            /// 204 with an empty body; 404 when it does not exist or belongs to someone else.
+            #[oai(path = $item, method = "delete", operation_id = $delete)]
+            async fn delete(
+                &self,
+                auth: BearerAuth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                id: Path<i64>,
+                state: Data<&AppState>,
+            ) -> Result<DeletedResponse, ApiError> {
+                $( let _ = $user_id; )?
+                delete(&state, &auth, id.0).await
+            }
+        }
+    };
 }
+
+task_operations!(
+    TasksApi,
+    paths: ["/api/tasks", "/api/tasks/:id", "/api/tasks/:id/complete"],
+    tag: "ApiTags::Tasks",
+    operation_ids: ["list_tasks", "create_task", "get_task", "update_task", "toggle_task", "delete_task"],
+);
+
+task_operations!(
+    UserTasksApi,
+    paths: [
+        "/api/:user_id/tasks",
+        "/api/:user_id/tasks/:id",
+        "/api/:user_id/tasks/:id/complete"
+    ],
+    tag: "ApiTags::UserTasks",
+    operation_ids: [
+        "list_user_tasks",
+        "create_user_task",
+        "get_user_task",
+        "update_user_task",
+        "toggle_user_task",
+        "delete_user_task"
+    ],
+    path_user: user_id,
+);
 
 fn list_query(
     status: Option<StatusParam>,
@@ -306,9 +230,9 @@ fn list_query(
 async fn list(
     state: &AppState,
     auth: &BearerAuth,
-    query: &ListQuery,
+    query: ListQuery,
 ) -> Result<TaskListResponse, ApiError> {
-    let page = state.store.list(&auth.0.user_id, query).await?;
+    let page = state.store.list(&auth.0.user_id, &query).await?;
     let tasks = page.tasks.into_iter().map(Into::into).collect();
     Ok(TaskListResponse::Ok(Json(tasks), page.total))
 }

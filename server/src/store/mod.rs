@@ -178,24 +178,33 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<Arc<
     Ok(Arc::new(Deadline::new(store, options.call_timeout)))
 }
 
-/// Retries `attempt` with exponential backoff until it succeeds or `deadline` has passed.
-async fn retry_until<T, F, Fut>(deadline: Duration, mut attempt: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
+/// How long one connection attempt may take at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Start-up: opens one connection, retrying with exponential backoff while the database is not
+/// reachable yet (a Neon compute waking from zero) until `deadline`. A direct connection rather
+/// than a pool checkout, so that a final failure names the real cause (refused, DNS, TLS, auth).
+async fn wait_until_reachable<C: sqlx::Connection>(
+    options: &C::Options,
+    deadline: Duration,
+) -> Result<(), sqlx::Error> {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(err) if started.elapsed() + delay < deadline && is_transient(&err) => {
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(err) => return Err(err),
+        let attempt = match tokio::time::timeout(CONNECT_TIMEOUT, C::connect_with(options)).await {
+            Ok(Ok(connection)) => return connection.close().await,
+            Ok(Err(err)) => err,
+            Err(_) => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting timed out",
+            )),
+        };
+        if started.elapsed() + delay >= deadline || !is_transient(&attempt) {
+            return Err(attempt);
         }
+        tracing::warn!(error = %attempt, retry_in_ms = delay.as_millis() as u64, "database not reachable yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -10,13 +10,13 @@ use std::str::FromStr;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sqlx::{
-    FromRow, PgPool, Postgres, QueryBuilder,
+    FromRow, PgConnection, PgPool, Postgres, QueryBuilder,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use super::{
     ConnectOptions, ListQuery, NewTask, Page, StatusFilter, StoreResult, Task, TaskPatch,
-    TaskStore, order_by, retry_until, status_condition,
+    TaskStore, order_by, status_condition, wait_until_reachable,
 };
 
 pub struct PostgresStore {
@@ -37,6 +37,9 @@ impl PostgresStore {
             .map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL"))?
             .statement_cache_capacity(options.statement_cache_capacity)
             .application_name("task-api");
+        wait_until_reachable::<PgConnection>(&connect_options, options.startup_deadline)
+            .await
+            .context("could not connect to PostgreSQL (DATABASE_URL)")?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -46,11 +49,7 @@ impl PostgresStore {
             // Neon's pooler and compute close idle connections; do not keep them around longer.
             .idle_timeout(std::time::Duration::from_secs(60))
             .connect_lazy_with(connect_options);
-        retry_until(options.startup_deadline, || async {
-            pool.acquire().await.map(drop)
-        })
-        .await
-        .context("could not connect to PostgreSQL (DATABASE_URL)")?;
+
         sqlx::migrate!("../migrations/postgres")
             .run(&pool)
             .await

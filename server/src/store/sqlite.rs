@@ -8,13 +8,13 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    FromRow, QueryBuilder, Sqlite, SqlitePool,
+    FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
     ConnectOptions, ListQuery, NewTask, Page, StatusFilter, StoreError, StoreResult, Task,
-    TaskPatch, TaskStore, order_by, retry_until, status_condition,
+    TaskPatch, TaskStore, order_by, status_condition, wait_until_reachable,
 };
 
 pub struct SqliteStore {
@@ -76,6 +76,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        wait_until_reachable::<SqliteConnection>(&connect_options, options.startup_deadline)
+            .await
+            .context("could not open the SQLite database (DATABASE_URL)")?;
         // Every connection to an in-memory database is a database of its own: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
@@ -97,11 +100,7 @@ impl SqliteStore {
             })
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options);
-        retry_until(options.startup_deadline, || async {
-            pool.acquire().await.map(drop)
-        })
-        .await
-        .context("could not open the SQLite database (DATABASE_URL)")?;
+
         sqlx::migrate!("../migrations/sqlite")
             .run(&pool)
             .await

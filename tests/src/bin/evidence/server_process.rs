@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use integration_tests::SECRET;
 
-use super::root;
+use crate::root;
 
 /// Builds the server binary (debug profile) and returns its path.
 pub fn build() -> anyhow::Result<PathBuf> {
