@@ -17,9 +17,7 @@ fn main() {
     let mut settings = GenerationSettings::default();
     settings.with_interface(InterfaceStyle::Builder);
     let mut generator = Generator::new(&settings);
-    let tokens = generator
-        .generate_tokens(&spec)
-        .expect("generate the client");
+    let tokens = generator.generate_tokens(&spec).expect("generate the client");
     let file = syn::parse2(tokens).expect("generated code parses");
     let out = Path::new(&env::var("OUT_DIR").unwrap()).join("codegen.rs");
     fs::write(out, prettyplease::unparse(&file)).expect("write the generated client");

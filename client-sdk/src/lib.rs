@@ -51,9 +51,8 @@ pub fn authenticated(base_url: &str, token: &str) -> Result<Client, BuildError> 
 
 /// A client without credentials (for `/health`, or to see a 401).
 pub fn anonymous(base_url: &str) -> Result<Client, BuildError> {
-    let http = http_client_builder()
-        .build()
-        .map_err(|_| BuildError("could not build the HTTP client"))?;
+    let http =
+        http_client_builder().build().map_err(|_| BuildError("could not build the HTTP client"))?;
     Ok(Client::new_with_client(base_url, http))
 }
 

@@ -68,11 +68,7 @@ impl Config {
 
     /// Reads the settings through `lookup`; empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let mut problems = Vec::new();
 
         let database_url = get("DATABASE_URL")
@@ -97,10 +93,9 @@ impl Config {
         }
 
         let mut cors_origins = Vec::new();
-        for (name, value) in [
-            ("BETTER_AUTH_URL", get("BETTER_AUTH_URL")),
-            ("CORS_ORIGINS", get("CORS_ORIGINS")),
-        ] {
+        for (name, value) in
+            [("BETTER_AUTH_URL", get("BETTER_AUTH_URL")), ("CORS_ORIGINS", get("CORS_ORIGINS"))]
+        {
             for origin in value.iter().flat_map(|v| v.split(',')).map(str::trim) {
                 if origin.is_empty() {
                     continue;
@@ -120,12 +115,10 @@ impl Config {
             problems.push("HOST must be an IP address, e.g. 127.0.0.1 or 0.0.0.0".to_owned());
             IpAddr::from([127, 0, 0, 1])
         });
-        let port = get("PORT")
-            .map_or(Ok(8000), |p| p.parse())
-            .unwrap_or_else(|_| {
-                problems.push("PORT must be a number from 0 to 65535".to_owned());
-                8000
-            });
+        let port = get("PORT").map_or(Ok(8000), |p| p.parse()).unwrap_or_else(|_| {
+            problems.push("PORT must be a number from 0 to 65535".to_owned());
+            8000
+        });
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -134,9 +127,8 @@ impl Config {
                 LogFormat::Pretty
             }
         };
-        let statement_cache_capacity = get("DATABASE_STATEMENT_CACHE")
-            .map_or(Ok(100), |v| v.parse())
-            .unwrap_or_else(|_| {
+        let statement_cache_capacity =
+            get("DATABASE_STATEMENT_CACHE").map_or(Ok(100), |v| v.parse()).unwrap_or_else(|_| {
                 problems
                     .push("DATABASE_STATEMENT_CACHE must be a number (0 turns it off)".to_owned());
                 100
@@ -178,9 +170,7 @@ impl Config {
 /// `https://app.example.com/` → `https://app.example.com`; `None` if it is not an origin.
 fn normalize_origin(origin: &str) -> Option<String> {
     let origin = origin.trim_end_matches('/');
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))?;
+    let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"))?;
     let valid = !rest.is_empty()
         && rest
             .chars()
@@ -195,10 +185,8 @@ mod tests {
     use super::*;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| vars.get(name).cloned())
     }
 
@@ -223,11 +211,7 @@ mod tests {
         assert!(config.database_url.expose().starts_with("postgres://"));
         assert_eq!(
             config.cors_origins,
-            [
-                "http://localhost:3000",
-                "https://a.example",
-                "https://b.example"
-            ]
+            ["http://localhost:3000", "https://a.example", "https://b.example"]
         );
         assert!(config.warnings().is_empty());
     }

@@ -51,10 +51,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        Self { field: field.to_owned(), message: message.into() }
     }
 }
 
@@ -97,10 +94,7 @@ impl ApiError {
             ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
             ApiError::PayloadTooLarge => {
-                format!(
-                    "request body is larger than {} bytes",
-                    crate::http::MAX_BODY_BYTES
-                )
+                format!("request body is larger than {} bytes", crate::http::MAX_BODY_BYTES)
             }
             ApiError::UnsupportedMediaType => "request body must be application/json".into(),
             ApiError::Unprocessable(errors) => errors
@@ -177,10 +171,7 @@ impl ResponseError for ApiError {
                 );
             }
             ApiError::Unavailable => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from_static(RETRY_AFTER_SECS),
-                );
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
             _ => {}
         }
@@ -234,16 +225,9 @@ impl ApiResponse for ApiError {
                 problem(
                     401,
                     "The bearer token is missing, malformed, expired or not valid.",
-                    vec![header(
-                        "WWW-Authenticate",
-                        "The bearer challenge (RFC 6750).",
-                    )],
+                    vec![header("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
                 ),
-                problem(
-                    403,
-                    "The user id in the path is not the token's subject.",
-                    vec![],
-                ),
+                problem(403, "The user id in the path is not the token's subject.", vec![]),
                 problem(
                     404,
                     "No such task for this user (another user's task is reported the same way).",
@@ -255,11 +239,7 @@ impl ApiResponse for ApiError {
                     "A request body was sent without `Content-Type: application/json`.",
                     vec![],
                 ),
-                problem(
-                    422,
-                    "The JSON body breaks the schema; `errors` lists each field.",
-                    vec![],
-                ),
+                problem(422, "The JSON body breaks the schema; `errors` lists each field.", vec![]),
                 problem(500, "A bug; the detail is generic.", vec![]),
                 problem(
                     503,

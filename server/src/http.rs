@@ -22,15 +22,13 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
 /// runs it inside a span carrying that id, echoes the id, and logs one line per response.
 pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|id| is_sane_request_id(id))
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .expect("a UUID is a valid header value")
-        });
+    let request_id =
+        req.headers().get(&REQUEST_ID).filter(|id| is_sane_request_id(id)).cloned().unwrap_or_else(
+            || {
+                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                    .expect("a UUID is a valid header value")
+            },
+        );
     let span = tracing::info_span!(
         "request",
         id = request_id.to_str().unwrap_or_default(),
@@ -57,9 +55,7 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= MAX_REQUEST_ID_LEN
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of the body, whether or not `Content-Length` is sent
@@ -102,13 +98,7 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
 pub fn cors(origins: &[String]) -> Cors {
     Cors::new()
         .allow_origins(origins.iter().map(String::as_str))
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

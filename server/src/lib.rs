@@ -41,14 +41,8 @@ impl AppState {
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
-        let rules = ClaimRules {
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-        };
-        let verifier = Arc::new(SharedSecretVerifier::new(
-            config.auth_secret.expose(),
-            &rules,
-        ));
+        let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
+        let verifier = Arc::new(SharedSecretVerifier::new(config.auth_secret.expose(), &rules));
         Ok(Self { store, verifier })
     }
 }
@@ -61,11 +55,8 @@ pub fn app(state: AppState, cors_origins: &[String]) -> impl Endpoint + 'static 
     let api = api::service();
     let docs = api.swagger_ui();
     let spec = api::openapi_json();
-    let spec = make_sync(move |_| {
-        Response::builder()
-            .content_type("application/json")
-            .body(spec.clone())
-    });
+    let spec =
+        make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", poem::get(spec))

@@ -63,12 +63,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(address)
         .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
     tracing::info!(%address, "listening; API docs at http://{address}/docs");
-    server::serve(
-        listener,
-        server::app(state, &config.cors_origins),
-        shutdown_signal(),
-    )
-    .await?;
+    server::serve(listener, server::app(state, &config.cors_origins), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -107,10 +102,7 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
         }
     }
     let subject = subject.ok_or_else(|| anyhow::anyhow!(USAGE))?;
-    let rules = ClaimRules {
-        issuer: config.issuer.clone(),
-        audience: config.audience.clone(),
-    };
+    let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
     let token = issue_dev_token(config.auth_secret.expose(), &subject, ttl.as_secs(), &rules)?;
     println!("{token}");
     Ok(())
@@ -118,13 +110,10 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
 
 /// `90`, `90s`, `15m`, `1h`, `7d`.
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--ttl must look like 90s, 15m, 1h or 7d"))?;
+    let number: u64 =
+        number.parse().map_err(|_| anyhow::anyhow!("--ttl must look like 90s, 15m, 1h or 7d"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

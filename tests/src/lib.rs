@@ -110,9 +110,7 @@ impl TestServer {
     pub fn raw(&self) -> RawClient {
         RawClient {
             base_url: self.base_url.clone(),
-            http: client_sdk::http_client_builder()
-                .build()
-                .expect("http client"),
+            http: client_sdk::http_client_builder().build().expect("http client"),
         }
     }
 
@@ -128,10 +126,7 @@ impl Drop for TestServer {
         }
         if !std::thread::panicking() {
             let (leaks, _) = logs::leaks();
-            assert!(
-                leaks.is_empty(),
-                "a secret, password or token was logged: {leaks:?}"
-            );
+            assert!(leaks.is_empty(), "a secret, password or token was logged: {leaks:?}");
         }
     }
 }
@@ -144,8 +139,7 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base_url, path))
+        self.http.request(method, format!("{}{}", self.base_url, path))
     }
 }
 
@@ -161,12 +155,8 @@ pub fn sign(claims: &Value) -> String {
 }
 
 pub fn sign_with(algorithm: Algorithm, secret: &[u8], claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(algorithm),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("sign")
+    jsonwebtoken::encode(&Header::new(algorithm), claims, &EncodingKey::from_secret(secret))
+        .expect("sign")
 }
 
 /// Seconds since the epoch, for building claims.

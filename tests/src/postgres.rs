@@ -23,11 +23,8 @@ impl PgCluster {
     /// process die first, by a watchdog that outlives it.
     pub fn start() -> Self {
         let bin = bin_dir();
-        let base = tempfile::Builder::new()
-            .prefix("task-api-pg-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
+        let base =
+            tempfile::Builder::new().prefix("task-api-pg-").tempdir().expect("temp dir").keep();
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -92,11 +89,7 @@ impl PgCluster {
     /// A superuser URL for the `postgres` database (with a password that trust auth ignores
     /// and the log scan looks for).
     pub fn admin_url(&self) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/postgres",
-            crate::logs::DB_PASSWORD,
-            self.port
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/postgres", crate::logs::DB_PASSWORD, self.port)
     }
 
     fn data(&self) -> String {
@@ -162,9 +155,7 @@ pub async fn fresh_database() -> String {
         _ => SHARED.get_or_init(PgCluster::start).admin_url(),
     };
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
-        .await
-        .expect("connect as admin");
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connect as admin");
     // The name is ours (a UUID), not input: safe to splice.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
@@ -176,9 +167,7 @@ pub async fn fresh_database() -> String {
 
 /// `url` with its database name replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_end = base.find("://").map_or(0, |i| i + 3);
     let server = match base[authority_end..].find('/') {
         Some(slash) => &base[..authority_end + slash],

@@ -64,12 +64,7 @@ async fn create(client: &client_sdk::Client, title: &str) -> Task {
 }
 
 async fn list(client: &client_sdk::Client) -> Vec<Task> {
-    client
-        .list_tasks()
-        .send()
-        .await
-        .expect("list tasks")
-        .into_inner()
+    client.list_tasks().send().await.expect("list tasks").into_inner()
 }
 
 fn total_count(headers: &header::HeaderMap) -> i64 {
@@ -88,10 +83,7 @@ async fn expect_problem(response: reqwest::Response, status: StatusCode) -> Valu
     assert_eq!(body["status"], status.as_u16());
     assert_eq!(body["type"], "about:blank");
     assert!(body["title"].is_string());
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     body
 }
 
@@ -106,18 +98,10 @@ async fn health_reports_the_database(backend: Backend) {
 async fn docs_and_spec_are_served(backend: Backend) {
     let server = TestServer::start(backend).await;
     let raw = server.raw();
-    let spec = raw
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap();
+    let spec = raw.request(Method::GET, "/openapi.json").send().await.unwrap();
     assert_eq!(spec.status(), StatusCode::OK);
     let committed = include_str!("../../openapi.json");
-    assert_eq!(
-        spec.text().await.unwrap(),
-        committed,
-        "/openapi.json is the committed file"
-    );
+    assert_eq!(spec.text().await.unwrap(), committed, "/openapi.json is the committed file");
     let docs = raw.request(Method::GET, "/docs").send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
     let html = docs.text().await.unwrap();
@@ -141,10 +125,7 @@ async fn create_returns_the_full_task_and_its_location(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let location = response.headers()[header::LOCATION].to_str().unwrap().to_owned();
     let task = response.into_inner();
     assert_eq!(location, format!("/api/tasks/{}", task.id));
     assert!(task.id > 0);
@@ -236,94 +217,39 @@ async fn list_returns_only_the_callers_tasks_oldest_first(backend: Backend) {
 async fn list_filters_sorts_and_pages_with_a_total(backend: Backend) {
     let server = TestServer::start(backend).await;
     let client = server.client("sorter");
-    let b = create(&client, "b").await;
-    let c = create(&client, "c").await;
-    let a = create(&client, "a").await;
-    client.toggle_task().id(c.id).send().await.unwrap();
+    let b = create(&client, "b").await.id;
+    let c = create(&client, "c").await.id;
+    let a = create(&client, "a").await.id;
+    client.toggle_task().id(c).send().await.unwrap();
     // `b` is updated last.
-    client
-        .update_task()
-        .id(b.id)
-        .body(TaskUpdate::builder().description(update_description("touched")))
-        .send()
-        .await
-        .unwrap();
-    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let touch = TaskUpdate::builder().description(update_description("touched"));
+    client.update_task().id(b).body(touch).send().await.unwrap();
 
-    let pending = client
-        .list_tasks()
-        .status(TaskStatus::Pending)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(total_count(pending.headers()), 2);
-    assert_eq!(ids(pending.into_inner()), [b.id, a.id]);
-    let completed = client
-        .list_tasks()
-        .status(TaskStatus::Completed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(completed.into_inner()), [c.id]);
-    let all = client
-        .list_tasks()
-        .status(TaskStatus::All)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(all.into_inner()), [b.id, c.id, a.id]);
-
-    let by_title = client
-        .list_tasks()
-        .sort(TaskSort::Title)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(by_title.into_inner()), [a.id, b.id, c.id]);
-    let by_title_desc = client
-        .list_tasks()
-        .sort(TaskSort::Title)
-        .order(SortOrder::Desc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(by_title_desc.into_inner()), [c.id, b.id, a.id]);
-    let newest_first = client
-        .list_tasks()
-        .order(SortOrder::Desc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(newest_first.into_inner()), [a.id, c.id, b.id]);
-    let by_update = client
-        .list_tasks()
-        .sort(TaskSort::Updated)
-        .order(SortOrder::Desc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ids(by_update.into_inner())[0], b.id);
-
-    let page = client
-        .list_tasks()
-        .limit(NonZeroU64::new(2).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(total_count(page.headers()), 3);
-    assert_eq!(ids(page.into_inner()), [b.id, c.id]);
-    let page = client
-        .list_tasks()
-        .limit(NonZeroU64::new(2).unwrap())
-        .offset(2)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(total_count(page.headers()), 3);
-    assert_eq!(ids(page.into_inner()), [a.id]);
-    let past_the_end = client.list_tasks().offset(10).send().await.unwrap();
-    assert_eq!(total_count(past_the_end.headers()), 3);
-    assert!(past_the_end.into_inner().is_empty());
+    let two = NonZeroU64::new(2).unwrap();
+    let list = || client.list_tasks();
+    // (request, expected ids in order, expected X-Total-Count)
+    let cases = [
+        (list(), vec![b, c, a], 3),
+        (list().status(TaskStatus::All), vec![b, c, a], 3),
+        (list().status(TaskStatus::Pending), vec![b, a], 2),
+        (list().status(TaskStatus::Completed), vec![c], 1),
+        (list().sort(TaskSort::Title), vec![a, b, c], 3),
+        (list().sort(TaskSort::Title).order(SortOrder::Desc), vec![c, b, a], 3),
+        (list().sort(TaskSort::Created).order(SortOrder::Desc), vec![a, c, b], 3),
+        (list().sort(TaskSort::Updated).order(SortOrder::Desc), vec![b, c, a], 3),
+        (list().sort(TaskSort::Updated), vec![a, c, b], 3),
+        (list().limit(two), vec![b, c], 3),
+        (list().limit(two).offset(2), vec![a], 3),
+        (list().status(TaskStatus::Pending).limit(two).offset(1), vec![a], 2),
+        (list().offset(10), vec![], 3),
+        (list().status(TaskStatus::Completed).offset(5), vec![], 1),
+    ];
+    for (i, (request, expected, total)) in cases.into_iter().enumerate() {
+        let response = request.send().await.unwrap();
+        assert_eq!(total_count(response.headers()), total, "case {i}");
+        let ids: Vec<i64> = response.into_inner().iter().map(|t| t.id).collect();
+        assert_eq!(ids, expected, "case {i}");
+    }
 }
 
 async fn list_parameter_errors_are_400_or_422(backend: Backend) {
@@ -345,11 +271,7 @@ async fn list_parameter_errors_are_400_or_422(backend: Backend) {
             .unwrap();
         expect_problem(response, StatusCode::BAD_REQUEST).await;
     }
-    for (query, field) in [
-        ("limit=0", "limit"),
-        ("limit=1001", "limit"),
-        ("offset=-1", "offset"),
-    ] {
+    for (query, field) in [("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset")] {
         let response = raw
             .request(Method::GET, &format!("/api/tasks?{query}"))
             .bearer_auth(token("p"))
@@ -361,13 +283,7 @@ async fn list_parameter_errors_are_400_or_422(backend: Backend) {
     }
     // The generated client reaches the same 422 where its types allow the value.
     let client = server.client("p");
-    let err = problem(
-        client
-            .list_tasks()
-            .limit(NonZeroU64::new(1001).unwrap())
-            .send()
-            .await,
-    );
+    let err = problem(client.list_tasks().limit(NonZeroU64::new(1001).unwrap()).send().await);
     assert_eq!(err.status, 422);
     let err = problem(client.list_tasks().offset(-1).send().await);
     assert_eq!(err.errors[0].field, "offset");
@@ -381,44 +297,20 @@ async fn get_toggle_and_delete_a_task(backend: Backend) {
     assert_eq!(fetched.status(), StatusCode::OK);
     assert_eq!(fetched.into_inner().title, "Buy groceries");
 
-    let done = client
-        .toggle_task()
-        .id(task.id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let done = client.toggle_task().id(task.id).send().await.unwrap().into_inner();
     assert!(done.completed);
     assert!(done.updated_at > task.updated_at);
-    let undone = client
-        .toggle_task()
-        .id(task.id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let undone = client.toggle_task().id(task.id).send().await.unwrap().into_inner();
     assert!(!undone.completed);
     assert!(undone.updated_at > done.updated_at);
     assert_eq!(undone.title, task.title);
 
     let deleted = client.delete_task().id(task.id).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        problem(client.get_task().id(task.id).send().await).status,
-        404
-    );
-    assert_eq!(
-        problem(client.delete_task().id(task.id).send().await).status,
-        404
-    );
-    assert_eq!(
-        problem(client.toggle_task().id(task.id).send().await).status,
-        404
-    );
-    assert_eq!(
-        problem(client.get_task().id(987_654_321).send().await).status,
-        404
-    );
+    assert_eq!(problem(client.get_task().id(task.id).send().await).status, 404);
+    assert_eq!(problem(client.delete_task().id(task.id).send().await).status, 404);
+    assert_eq!(problem(client.toggle_task().id(task.id).send().await).status, 404);
+    assert_eq!(problem(client.get_task().id(987_654_321).send().await).status, 404);
     assert!(list(&client).await.is_empty());
 
     // 204 has an empty body.
@@ -439,11 +331,7 @@ async fn update_is_partial_and_moves_updated_at_forward(backend: Backend) {
     let client = server.client("user123");
     let task = client
         .create_task()
-        .body(
-            TaskCreate::builder()
-                .title("Buy groceries")
-                .description(create_description("milk")),
-        )
+        .body(TaskCreate::builder().title("Buy groceries").description(create_description("milk")))
         .send()
         .await
         .unwrap()
@@ -458,11 +346,7 @@ async fn update_is_partial_and_moves_updated_at_forward(backend: Backend) {
     assert_eq!(renamed.status(), StatusCode::OK);
     let renamed = renamed.into_inner();
     assert_eq!(renamed.title, "Buy organic groceries");
-    assert_eq!(
-        renamed.description.as_deref(),
-        Some("milk"),
-        "untouched field kept"
-    );
+    assert_eq!(renamed.description.as_deref(), Some("milk"), "untouched field kept");
     assert!(!renamed.completed);
     assert_eq!(renamed.created_at, task.created_at);
     assert!(renamed.updated_at > task.updated_at);
@@ -508,16 +392,7 @@ async fn update_is_partial_and_moves_updated_at_forward(backend: Backend) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["description"], Value::Null);
     assert_eq!(body["title"], "Buy organic groceries");
-    assert_eq!(
-        client
-            .get_task()
-            .id(task.id)
-            .send()
-            .await
-            .unwrap()
-            .description,
-        None
-    );
+    assert_eq!(client.get_task().id(task.id).send().await.unwrap().description, None);
 }
 
 async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
@@ -537,10 +412,7 @@ async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
         (json!({"title": 5}), "title"),
         (json!({"title": ["a"]}), "title"),
         (json!({"title": "nul \u{0} inside"}), "title"),
-        (
-            json!({"title": "ok", "description": long_description}),
-            "description",
-        ),
+        (json!({"title": "ok", "description": long_description}), "description"),
         (json!({"title": "ok", "description": 7}), "description"),
         (json!({"title": "ok", "completed": "true"}), "completed"),
         (json!({"title": "ok", "completed": 1}), "completed"),
@@ -557,10 +429,7 @@ async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
             .unwrap();
         let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert_eq!(problem["errors"][0]["field"], field, "{body}");
-        assert!(
-            problem["detail"].as_str().unwrap().contains(field),
-            "{problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains(field), "{problem}");
     }
     let too_long = raw
         .request(Method::POST, "/api/tasks")
@@ -571,10 +440,7 @@ async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
         .unwrap();
     let too_long = expect_problem(too_long, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(too_long["detail"], "title must be at most 200 characters");
-    assert_eq!(
-        too_long["errors"][0]["message"],
-        "must be at most 200 characters"
-    );
+    assert_eq!(too_long["errors"][0]["message"], "must be at most 200 characters");
 
     let updates = [
         (json!({}), "body"),
@@ -600,31 +466,16 @@ async fn invalid_bodies_are_422_and_change_nothing(backend: Backend) {
     }
     // Through the generated client too: an empty update and a blank title.
     assert_eq!(
-        problem(
-            client
-                .update_task()
-                .id(task.id)
-                .body(TaskUpdate::default())
-                .send()
-                .await
-        )
-        .status,
+        problem(client.update_task().id(task.id).body(TaskUpdate::default()).send().await).status,
         422
     );
-    let blank = client
-        .create_task()
-        .body(TaskCreate::builder().title("  "))
-        .send()
-        .await;
+    let blank = client.create_task().body(TaskCreate::builder().title("  ")).send().await;
     assert_eq!(problem(blank).errors[0].field, "title");
 
     let after = list(&client).await;
     assert_eq!(after.len(), 1, "no invalid create was stored");
     assert_eq!(after[0].title, "original");
-    assert_eq!(
-        after[0].updated_at, task.updated_at,
-        "no invalid update changed the task"
-    );
+    assert_eq!(after[0].updated_at, task.updated_at, "no invalid update changed the task");
 }
 
 async fn other_users_tasks_are_404_and_unchanged(backend: Backend) {
@@ -633,10 +484,7 @@ async fn other_users_tasks_are_404_and_unchanged(backend: Backend) {
     let intruder = server.client("user123");
     let task = create(&owner, "private").await;
 
-    assert_eq!(
-        problem(intruder.get_task().id(task.id).send().await).status,
-        404
-    );
+    assert_eq!(problem(intruder.get_task().id(task.id).send().await).status, 404);
     let update = intruder
         .update_task()
         .id(task.id)
@@ -644,31 +492,16 @@ async fn other_users_tasks_are_404_and_unchanged(backend: Backend) {
         .send()
         .await;
     assert_eq!(problem(update).status, 404);
-    assert_eq!(
-        problem(intruder.toggle_task().id(task.id).send().await).status,
-        404
-    );
-    assert_eq!(
-        problem(intruder.delete_task().id(task.id).send().await).status,
-        404
-    );
+    assert_eq!(problem(intruder.toggle_task().id(task.id).send().await).status, 404);
+    assert_eq!(problem(intruder.delete_task().id(task.id).send().await).status, 404);
     assert!(list(&intruder).await.is_empty());
 
     // A foreign task and a missing one answer the same.
     let foreign = problem(intruder.get_task().id(task.id).send().await);
     let missing = problem(intruder.get_task().id(task.id + 1000).send().await);
-    assert_eq!(
-        (foreign.status, foreign.detail),
-        (missing.status, missing.detail)
-    );
+    assert_eq!((foreign.status, foreign.detail), (missing.status, missing.detail));
 
-    let seen_by_owner = owner
-        .get_task()
-        .id(task.id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let seen_by_owner = owner.get_task().id(task.id).send().await.unwrap().into_inner();
     assert_eq!(seen_by_owner.title, "private");
     assert!(!seen_by_owner.completed);
     assert_eq!(seen_by_owner.updated_at, task.updated_at);
@@ -685,28 +518,14 @@ async fn user_path_style_serves_every_operation(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let location = created.headers()[header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let location = created.headers()[header::LOCATION].to_str().unwrap().to_owned();
     let task = created.into_inner();
     assert_eq!(location, format!("/api/user123/tasks/{}", task.id));
 
-    let listed = client
-        .list_user_tasks()
-        .user_id("user123")
-        .send()
-        .await
-        .unwrap();
+    let listed = client.list_user_tasks().user_id("user123").send().await.unwrap();
     assert_eq!(total_count(listed.headers()), 1);
     assert_eq!(listed.into_inner()[0].id, task.id);
-    let fetched = client
-        .get_user_task()
-        .user_id("user123")
-        .id(task.id)
-        .send()
-        .await
-        .unwrap();
+    let fetched = client.get_user_task().user_id("user123").id(task.id).send().await.unwrap();
     assert_eq!(fetched.title, "Buy groceries");
     let updated = client
         .update_user_task()
@@ -717,31 +536,11 @@ async fn user_path_style_serves_every_operation(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(updated.title, "Buy organic groceries");
-    let toggled = client
-        .toggle_user_task()
-        .user_id("user123")
-        .id(task.id)
-        .send()
-        .await
-        .unwrap();
+    let toggled = client.toggle_user_task().user_id("user123").id(task.id).send().await.unwrap();
     assert!(toggled.completed);
     // Both styles see the same data.
-    assert!(
-        client
-            .get_task()
-            .id(task.id)
-            .send()
-            .await
-            .unwrap()
-            .completed
-    );
-    let deleted = client
-        .delete_user_task()
-        .user_id("user123")
-        .id(task.id)
-        .send()
-        .await
-        .unwrap();
+    assert!(client.get_task().id(task.id).send().await.unwrap().completed);
+    let deleted = client.delete_user_task().user_id("user123").id(task.id).send().await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert!(list(&client).await.is_empty());
 
@@ -757,10 +556,7 @@ async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
     let task = create(&victim, "victim's").await;
     let attacker = server.client("user123");
 
-    assert_eq!(
-        problem(attacker.list_user_tasks().user_id("user456").send().await).status,
-        403
-    );
+    assert_eq!(problem(attacker.list_user_tasks().user_id("user456").send().await).status, 403);
     let create = attacker
         .create_user_task()
         .user_id("user456")
@@ -769,15 +565,7 @@ async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
         .await;
     assert_eq!(problem(create).status, 403);
     assert_eq!(
-        problem(
-            attacker
-                .get_user_task()
-                .user_id("user456")
-                .id(task.id)
-                .send()
-                .await
-        )
-        .status,
+        problem(attacker.get_user_task().user_id("user456").id(task.id).send().await).status,
         403
     );
     let update = attacker
@@ -789,68 +577,32 @@ async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
         .await;
     assert_eq!(problem(update).status, 403);
     assert_eq!(
-        problem(
-            attacker
-                .toggle_user_task()
-                .user_id("user456")
-                .id(task.id)
-                .send()
-                .await
-        )
-        .status,
+        problem(attacker.toggle_user_task().user_id("user456").id(task.id).send().await).status,
         403
     );
     assert_eq!(
-        problem(
-            attacker
-                .delete_user_task()
-                .user_id("user456")
-                .id(task.id)
-                .send()
-                .await
-        )
-        .status,
+        problem(attacker.delete_user_task().user_id("user456").id(task.id).send().await).status,
         403
     );
     // Also the attacker's own path with a foreign task id is a plain 404.
     assert_eq!(
-        problem(
-            attacker
-                .get_user_task()
-                .user_id("user123")
-                .id(task.id)
-                .send()
-                .await
-        )
-        .status,
+        problem(attacker.get_user_task().user_id("user123").id(task.id).send().await).status,
         404
     );
 
     // 403 comes before the body, the query and the id are parsed.
     let raw = server.raw();
     let cases = [
-        (
-            Method::POST,
-            "/api/user456/tasks".to_owned(),
-            Some("{not json"),
-        ),
+        (Method::POST, "/api/user456/tasks".to_owned(), Some("{not json")),
         (Method::GET, "/api/user456/tasks?limit=x".to_owned(), None),
         (Method::GET, "/api/user456/tasks/abc".to_owned(), None),
-        (
-            Method::PUT,
-            format!("/api/user456/tasks/{}", task.id),
-            Some("{\"title\": 5}"),
-        ),
+        (Method::PUT, format!("/api/user456/tasks/{}", task.id), Some("{\"title\": 5}")),
         (Method::PUT, "/api/user456/tasks/abc".to_owned(), Some("[]")),
     ];
     for (method, path, body) in cases {
-        let mut request = raw
-            .request(method.clone(), &path)
-            .bearer_auth(token("user123"));
+        let mut request = raw.request(method.clone(), &path).bearer_auth(token("user123"));
         if let Some(body) = body {
-            request = request
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body);
+            request = request.header(header::CONTENT_TYPE, "application/json").body(body);
         }
         let response = request.send().await.unwrap();
         expect_problem(response, StatusCode::FORBIDDEN).await;
@@ -877,61 +629,24 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         ("garbage", "not.a.jwt".into()),
         ("two parts", "abc.def".into()),
         ("alg none", unsigned_token(&valid)),
-        (
-            "header claims RS256, HMAC-signed",
-            forge(&json!({"alg": "RS256", "typ": "JWT"}), &valid),
-        ),
-        (
-            "header claims EdDSA, HMAC-signed",
-            forge(&json!({"alg": "EdDSA", "typ": "JWT"}), &valid),
-        ),
-        (
-            "header claims ES256, HMAC-signed",
-            forge(&json!({"alg": "ES256"}), &valid),
-        ),
-        (
-            "HS384 with the right secret",
-            sign_with(Algorithm::HS384, SECRET.as_bytes(), &valid),
-        ),
-        (
-            "HS512 with the right secret",
-            sign_with(Algorithm::HS512, SECRET.as_bytes(), &valid),
-        ),
-        (
-            "wrong secret",
-            sign_with(
-                Algorithm::HS256,
-                b"another-secret-another-secret-!!",
-                &valid,
-            ),
-        ),
+        ("header claims RS256, HMAC-signed", forge(&json!({"alg": "RS256", "typ": "JWT"}), &valid)),
+        ("header claims EdDSA, HMAC-signed", forge(&json!({"alg": "EdDSA", "typ": "JWT"}), &valid)),
+        ("header claims ES256, HMAC-signed", forge(&json!({"alg": "ES256"}), &valid)),
+        ("HS384 with the right secret", sign_with(Algorithm::HS384, SECRET.as_bytes(), &valid)),
+        ("HS512 with the right secret", sign_with(Algorithm::HS512, SECRET.as_bytes(), &valid)),
+        ("wrong secret", sign_with(Algorithm::HS256, b"another-secret-another-secret-!!", &valid)),
         ("empty secret", sign_with(Algorithm::HS256, b"", &valid)),
         ("tampered payload", tamper(&sign(&valid))),
         ("expired", sign(&json!({"sub": "alice", "exp": t - 3600}))),
-        (
-            "not yet valid",
-            sign(&json!({"sub": "alice", "exp": t + 7200, "nbf": t + 3600})),
-        ),
-        (
-            "issued in the future",
-            sign(&json!({"sub": "alice", "exp": t + 7200, "iat": t + 3600})),
-        ),
-        (
-            "exp not a number",
-            sign(&json!({"sub": "alice", "exp": "tomorrow"})),
-        ),
+        ("not yet valid", sign(&json!({"sub": "alice", "exp": t + 7200, "nbf": t + 3600}))),
+        ("issued in the future", sign(&json!({"sub": "alice", "exp": t + 7200, "iat": t + 3600}))),
+        ("exp not a number", sign(&json!({"sub": "alice", "exp": "tomorrow"}))),
         ("no exp", sign(&json!({"sub": "alice"}))),
         ("no subject", sign(&json!({"exp": t + 600}))),
         ("empty subject", sign(&json!({"sub": "", "exp": t + 600}))),
         ("numeric subject", sign(&json!({"sub": 42, "exp": t + 600}))),
-        (
-            "object subject",
-            sign(&json!({"sub": {"id": "alice"}, "exp": t + 600})),
-        ),
-        (
-            "subject of 256 characters",
-            sign(&json!({"sub": "a".repeat(256), "exp": t + 600})),
-        ),
+        ("object subject", sign(&json!({"sub": {"id": "alice"}, "exp": t + 600}))),
+        ("subject of 256 characters", sign(&json!({"sub": "a".repeat(256), "exp": t + 600}))),
         (
             "100 KB token",
             sign(&json!({"sub": "alice", "exp": t + 600, "pad": "p".repeat(100 * 1024)})),
@@ -950,11 +665,7 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
                 .request(Method::PUT, &format!("/api/tasks/{id}"))
                 .json(&json!({"title": "pwned"}));
             vec![
-                raw.request(Method::GET, "/api/tasks")
-                    .bearer_auth(&bad)
-                    .send()
-                    .await
-                    .unwrap(),
+                raw.request(Method::GET, "/api/tasks").bearer_auth(&bad).send().await.unwrap(),
                 update.bearer_auth(&bad).send().await.unwrap(),
                 raw.request(Method::PATCH, &format!("/api/alice/tasks/{id}/complete"))
                     .bearer_auth(&bad)
@@ -971,28 +682,18 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
     };
     for (what, bad) in &bad_tokens {
         for response in attempts(bad.clone()).await {
-            let challenge = response.headers()[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .to_owned();
+            let challenge =
+                response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().to_owned();
             assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
             let body = expect_problem(response, StatusCode::UNAUTHORIZED).await;
-            let expected = if *what == "expired" {
-                "token expired"
-            } else {
-                "invalid token"
-            };
+            let expected = if *what == "expired" { "token expired" } else { "invalid token" };
             assert_eq!(body["detail"], expected, "{what}");
         }
     }
     // No header, another scheme, an empty bearer: 401 with a bare challenge.
-    for authorization in [
-        None,
-        Some("Basic YWxpY2U6cGFzcw=="),
-        Some("Bearer"),
-        Some("Bearer "),
-        Some("bearer"),
-    ] {
+    for authorization in
+        [None, Some("Basic YWxpY2U6cGFzcw=="), Some("Bearer"), Some("Bearer "), Some("bearer")]
+    {
         let mut request = server.raw().request(Method::GET, "/api/tasks");
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
@@ -1006,20 +707,14 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         .raw()
         .request(Method::DELETE, &format!("/api/tasks/{}", task.id))
         .header(header::AUTHORIZATION, format!("Bearer {}", token("alice")))
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", token("mallory")),
-        )
+        .header(header::AUTHORIZATION, format!("Bearer {}", token("mallory")))
         .send()
         .await
         .unwrap();
     expect_problem(twice, StatusCode::UNAUTHORIZED).await;
     // The generated client sees the same 401.
     let unauthenticated = server.anonymous();
-    assert_eq!(
-        problem(unauthenticated.list_tasks().send().await).status,
-        401
-    );
+    assert_eq!(problem(unauthenticated.list_tasks().send().await).status, 401);
     // A kid that is a plain identifier is fine.
     let response = server
         .raw()
@@ -1041,11 +736,8 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
 fn forge(header: &Value, claims: &Value) -> String {
     use base64::Engine as _;
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let message = format!(
-        "{}.{}",
-        engine.encode(header.to_string()),
-        engine.encode(claims.to_string())
-    );
+    let message =
+        format!("{}.{}", engine.encode(header.to_string()), engine.encode(claims.to_string()));
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
     format!("{message}.{signature}")
@@ -1073,29 +765,17 @@ async fn subject_claims_and_issuer_audience_rules(backend: Backend) {
     let server = TestServer::start(backend).await;
     let t = now();
     let get = |token: String| {
-        let request = server
-            .raw()
-            .request(Method::GET, "/api/tasks")
-            .bearer_auth(token);
+        let request = server.raw().request(Method::GET, "/api/tasks").bearer_auth(token);
         async move { request.send().await.unwrap().status() }
     };
     // `id` or `user_id` stand in for a missing `sub`.
-    assert_eq!(
-        get(sign(&json!({"id": "via-id", "exp": t + 600}))).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(sign(&json!({"user_id": "via-user-id", "exp": t + 600}))).await,
-        StatusCode::OK
-    );
+    assert_eq!(get(sign(&json!({"id": "via-id", "exp": t + 600}))).await, StatusCode::OK);
+    assert_eq!(get(sign(&json!({"user_id": "via-user-id", "exp": t + 600}))).await, StatusCode::OK);
     // Better Auth's `iss` and `aud` are accepted when no issuer or audience is configured.
     let better_auth = json!({"sub": "u", "exp": t + 600, "iat": t, "iss": "http://localhost:3000", "aud": "http://localhost:3000"});
     assert_eq!(get(sign(&better_auth)).await, StatusCode::OK);
     // Within the 60 s leeway, a just-expired token still passes.
-    assert_eq!(
-        get(sign(&json!({"sub": "u", "exp": t - 10}))).await,
-        StatusCode::OK
-    );
+    assert_eq!(get(sign(&json!({"sub": "u", "exp": t - 10}))).await, StatusCode::OK);
 
     let strict = TestServer::start_with(
         backend,
@@ -1109,10 +789,7 @@ async fn subject_claims_and_issuer_audience_rules(backend: Backend) {
     )
     .await;
     let get_strict = |claims: Value| {
-        let request = strict
-            .raw()
-            .request(Method::GET, "/api/tasks")
-            .bearer_auth(sign(&claims));
+        let request = strict.raw().request(Method::GET, "/api/tasks").bearer_auth(sign(&claims));
         async move { request.send().await.unwrap().status() }
     };
     let good =
@@ -1124,11 +801,7 @@ async fn subject_claims_and_issuer_audience_rules(backend: Backend) {
         json!({"sub": "u", "exp": t + 600, "aud": "task-api"}),
         json!({"sub": "u", "exp": t + 600, "iss": "https://auth.example"}),
     ] {
-        assert_eq!(
-            get_strict(bad.clone()).await,
-            StatusCode::UNAUTHORIZED,
-            "{bad}"
-        );
+        assert_eq!(get_strict(bad.clone()).await, StatusCode::UNAUTHORIZED, "{bad}");
     }
 }
 
@@ -1149,33 +822,17 @@ async fn framework_errors_are_problems(backend: Backend) {
         request.send()
     };
     let json = Some("application/json");
-    let malformed = send(
-        Method::POST,
-        "/api/tasks",
-        json,
-        Some(b"{\"title\": ".to_vec()),
-    )
-    .await
-    .unwrap();
+    let malformed =
+        send(Method::POST, "/api/tasks", json, Some(b"{\"title\": ".to_vec())).await.unwrap();
     let body = expect_problem(malformed, StatusCode::BAD_REQUEST).await;
     assert_eq!(body["detail"], "request body is not valid JSON");
-    let not_json = send(
-        Method::POST,
-        "/api/tasks",
-        Some("text/plain"),
-        Some(b"{\"title\":\"x\"}".to_vec()),
-    )
-    .await
-    .unwrap();
+    let not_json =
+        send(Method::POST, "/api/tasks", Some("text/plain"), Some(b"{\"title\":\"x\"}".to_vec()))
+            .await
+            .unwrap();
     expect_problem(not_json, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
-    let no_type = send(
-        Method::POST,
-        "/api/tasks",
-        None,
-        Some(b"{\"title\":\"x\"}".to_vec()),
-    )
-    .await
-    .unwrap();
+    let no_type =
+        send(Method::POST, "/api/tasks", None, Some(b"{\"title\":\"x\"}".to_vec())).await.unwrap();
     expect_problem(no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     let form = send(
         Method::PUT,
@@ -1186,13 +843,8 @@ async fn framework_errors_are_problems(backend: Backend) {
     .await
     .unwrap();
     expect_problem(form, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
-    let huge = format!(
-        "{{\"title\": \"t\", \"description\": \"{}\"}}",
-        "z".repeat(70 * 1024)
-    );
-    let too_large = send(Method::POST, "/api/tasks", json, Some(huge.into_bytes()))
-        .await
-        .unwrap();
+    let huge = format!("{{\"title\": \"t\", \"description\": \"{}\"}}", "z".repeat(70 * 1024));
+    let too_large = send(Method::POST, "/api/tasks", json, Some(huge.into_bytes())).await.unwrap();
     expect_problem(too_large, StatusCode::PAYLOAD_TOO_LARGE).await;
     // Chunked (no Content-Length) is capped too.
     let chunks = futures::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
@@ -1205,37 +857,21 @@ async fn framework_errors_are_problems(backend: Backend) {
         .await
         .unwrap();
     expect_problem(chunked, StatusCode::PAYLOAD_TOO_LARGE).await;
-    let bad_id = send(Method::GET, "/api/tasks/abc", None, None)
-        .await
-        .unwrap();
+    let bad_id = send(Method::GET, "/api/tasks/abc", None, None).await.unwrap();
     expect_problem(bad_id, StatusCode::BAD_REQUEST).await;
-    let huge_id = send(
-        Method::GET,
-        "/api/tasks/99999999999999999999999",
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let huge_id =
+        send(Method::GET, "/api/tasks/99999999999999999999999", None, None).await.unwrap();
     expect_problem(huge_id, StatusCode::BAD_REQUEST).await;
-    let unknown = send(Method::GET, "/api/nothing/here/at/all", None, None)
-        .await
-        .unwrap();
+    let unknown = send(Method::GET, "/api/nothing/here/at/all", None, None).await.unwrap();
     expect_problem(unknown, StatusCode::NOT_FOUND).await;
     let unknown_root = send(Method::GET, "/nope", None, None).await.unwrap();
     expect_problem(unknown_root, StatusCode::NOT_FOUND).await;
-    let wrong_method = send(
-        Method::POST,
-        &format!("/api/tasks/{}", task.id),
-        json,
-        Some(b"{}".to_vec()),
-    )
-    .await
-    .unwrap();
+    let wrong_method =
+        send(Method::POST, &format!("/api/tasks/{}", task.id), json, Some(b"{}".to_vec()))
+            .await
+            .unwrap();
     expect_problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
-    let wrong_method = send(Method::DELETE, "/api/tasks", None, None)
-        .await
-        .unwrap();
+    let wrong_method = send(Method::DELETE, "/api/tasks", None, None).await.unwrap();
     expect_problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
 
     // The request id is echoed, and a sane caller-chosen one is kept.
@@ -1265,30 +901,14 @@ async fn bodyless_requests_ignore_their_content_type(backend: Backend) {
             .header(header::CONTENT_TYPE, "application/json")
             .send()
     };
+    assert_eq!(send(Method::GET, "/api/tasks".into()).await.unwrap().status(), StatusCode::OK);
     assert_eq!(
-        send(Method::GET, "/api/tasks".into())
-            .await
-            .unwrap()
-            .status(),
+        send(Method::GET, format!("/api/tasks/{}", task.id)).await.unwrap().status(),
         StatusCode::OK
     );
-    assert_eq!(
-        send(Method::GET, format!("/api/tasks/{}", task.id))
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        send(Method::GET, "/health".into()).await.unwrap().status(),
-        StatusCode::OK
-    );
-    let toggled = send(
-        Method::PATCH,
-        format!("/api/frontend/tasks/{}/complete", task.id),
-    )
-    .await
-    .unwrap();
+    assert_eq!(send(Method::GET, "/health".into()).await.unwrap().status(), StatusCode::OK);
+    let toggled =
+        send(Method::PATCH, format!("/api/frontend/tasks/{}/complete", task.id)).await.unwrap();
     assert_eq!(toggled.status(), StatusCode::OK);
     // A body on the toggle is ignored, whatever it is.
     let with_body = raw
@@ -1300,9 +920,7 @@ async fn bodyless_requests_ignore_their_content_type(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(with_body.status(), StatusCode::OK);
-    let deleted = send(Method::DELETE, format!("/api/tasks/{}", task.id))
-        .await
-        .unwrap();
+    let deleted = send(Method::DELETE, format!("/api/tasks/{}", task.id)).await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
 }
 
@@ -1314,9 +932,7 @@ async fn ids_beyond_32_bits_work(backend: Backend) {
     match backend {
         Backend::Postgres => {
             use sqlx::Connection;
-            let mut db = sqlx::PgConnection::connect(&server.database_url)
-                .await
-                .unwrap();
+            let mut db = sqlx::PgConnection::connect(&server.database_url).await.unwrap();
             sqlx::query("ALTER TABLE tasks ALTER COLUMN id RESTART WITH 5000000000")
                 .execute(&mut db)
                 .await
@@ -1324,9 +940,7 @@ async fn ids_beyond_32_bits_work(backend: Backend) {
         }
         Backend::Sqlite => {
             use sqlx::Connection;
-            let mut db = sqlx::SqliteConnection::connect(&server.database_url)
-                .await
-                .unwrap();
+            let mut db = sqlx::SqliteConnection::connect(&server.database_url).await.unwrap();
             sqlx::query("UPDATE sqlite_sequence SET seq = $1 WHERE name = 'tasks'")
                 .bind(next_id - 1)
                 .execute(&mut db)
@@ -1336,27 +950,10 @@ async fn ids_beyond_32_bits_work(backend: Backend) {
     }
     let task = create(&client, "after").await;
     assert_eq!(task.id, next_id);
+    assert_eq!(client.get_task().id(task.id).send().await.unwrap().id, next_id);
+    assert!(client.toggle_task().id(task.id).send().await.unwrap().completed);
     assert_eq!(
-        client.get_task().id(task.id).send().await.unwrap().id,
-        next_id
-    );
-    assert!(
-        client
-            .toggle_task()
-            .id(task.id)
-            .send()
-            .await
-            .unwrap()
-            .completed
-    );
-    assert_eq!(
-        client
-            .delete_task()
-            .id(task.id)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.delete_task().id(task.id).send().await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
 }
@@ -1377,18 +974,11 @@ async fn fifty_users_create_concurrently_and_see_only_their_own(backend: Backend
             }
             let seen = list(&client).await;
             assert_eq!(seen.len(), per_user, "{name} sees exactly their own tasks");
-            assert!(
-                seen.iter()
-                    .all(|t| t.user_id == name && titles.contains(&t.title))
-            );
+            assert!(seen.iter().all(|t| t.user_id == name && titles.contains(&t.title)));
             seen.into_iter().map(|t| t.id).collect::<Vec<_>>()
         }
     });
-    let ids: Vec<i64> = futures::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let ids: Vec<i64> = futures::future::join_all(runs).await.into_iter().flatten().collect();
     let distinct: HashSet<i64> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), 50 * per_user, "every task got its own id");
 }
@@ -1400,29 +990,11 @@ async fn concurrent_toggles_never_lose_one(backend: Backend) {
     let toggles: usize = 25;
     let results = futures::future::join_all((0..toggles).map(|_| {
         let client = &client;
-        async move {
-            client
-                .toggle_task()
-                .id(task.id)
-                .send()
-                .await
-                .unwrap()
-                .into_inner()
-        }
+        async move { client.toggle_task().id(task.id).send().await.unwrap().into_inner() }
     }))
     .await;
-    let final_state = client
-        .get_task()
-        .id(task.id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        final_state.completed,
-        toggles % 2 == 1,
-        "an odd number of flips ends completed"
-    );
+    let final_state = client.get_task().id(task.id).send().await.unwrap().into_inner();
+    assert_eq!(final_state.completed, toggles % 2 == 1, "an odd number of flips ends completed");
     let trues = results.iter().filter(|t| t.completed).count();
     assert_eq!(trues, toggles.div_ceil(2), "each toggle saw its own state");
     let stamps: HashSet<_> = results.iter().map(|t| t.updated_at).collect();
@@ -1433,10 +1005,7 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
     let frontend = "http://localhost:3000";
     let server = TestServer::start_with(
         backend,
-        Options {
-            cors_origins: vec![frontend.into()],
-            ..Options::default()
-        },
+        Options { cors_origins: vec![frontend.into()], ..Options::default() },
     )
     .await;
     let raw = server.raw();
@@ -1444,18 +1013,12 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .request(Method::OPTIONS, "/api/tasks")
         .header(header::ORIGIN, frontend)
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(
-            header::ACCESS_CONTROL_REQUEST_HEADERS,
-            "authorization, content-type",
-        )
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization, content-type")
         .send()
         .await
         .unwrap();
     assert!(preflight.status().is_success(), "{}", preflight.status());
-    assert_eq!(
-        preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-        frontend
-    );
+    assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], frontend);
     let response = raw
         .request(Method::GET, "/api/tasks")
         .header(header::ORIGIN, frontend)
@@ -1463,14 +1026,9 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-        frontend
-    );
-    let exposed = response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
-        .to_str()
-        .unwrap()
-        .to_lowercase();
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], frontend);
+    let exposed =
+        response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_lowercase();
     for name in ["x-total-count", "location", "etag"] {
         assert!(exposed.contains(name), "{exposed}");
     }
@@ -1482,10 +1040,7 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        unauthorized.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-        frontend
-    );
+    assert_eq!(unauthorized.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], frontend);
     // Another origin is not allowed.
     let evil = raw
         .request(Method::OPTIONS, "/api/tasks")
@@ -1494,9 +1049,5 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert!(
-        !evil
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-    );
+    assert!(!evil.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
 }

@@ -114,11 +114,8 @@ fn run(backend: Backend) {
         previous(info);
     }));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let _context = runtime.enter();
     let server = runtime.block_on(TestServer::start(backend));
     let http = client_sdk::http_client_builder().build().unwrap();
@@ -128,68 +125,44 @@ fn run(backend: Backend) {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let strategy = (
-        methods(),
-        paths(),
-        queries(),
-        content_types(),
-        bodies(),
-        any::<bool>(),
-    );
+    let strategy = (methods(), paths(), queries(), content_types(), bodies(), any::<bool>());
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
     runner
-        .run(
-            &strategy,
-            |(method, path, query, content_type, body, authenticated)| {
-                let url = format!("{}{}{}", server.base_url, path, query);
-                let mut request = http.request(method.clone(), &url).body(body);
-                if let Some(value) =
-                    content_type.and_then(|v| header::HeaderValue::from_str(&v).ok())
-                {
-                    request = request.header(header::CONTENT_TYPE, value);
-                }
-                if authenticated {
-                    request = request.bearer_auth(&auth);
-                }
-                let response = runtime.block_on(request.send());
-                let Ok(response) = response else {
-                    // reqwest refusing to build the URL is not the server's doing.
-                    return Ok(());
-                };
-                let status = response.status();
-                *statuses.lock().unwrap().entry(status.as_u16()).or_default() += 1;
-                prop_assert!(!status.is_server_error(), "{method} {url} → {status}");
-                if status.is_client_error() && method != Method::HEAD {
-                    prop_assert_eq!(
-                        response
-                            .headers()
-                            .get(header::CONTENT_TYPE)
-                            .map(|v| v.as_bytes()),
-                        Some(&b"application/problem+json"[..]),
-                        "{} {} → {}",
-                        method,
-                        url,
-                        status
-                    );
-                }
-                Ok(())
-            },
-        )
+        .run(&strategy, |(method, path, query, content_type, body, authenticated)| {
+            let url = format!("{}{}{}", server.base_url, path, query);
+            let mut request = http.request(method.clone(), &url).body(body);
+            if let Some(value) = content_type.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+                request = request.header(header::CONTENT_TYPE, value);
+            }
+            if authenticated {
+                request = request.bearer_auth(&auth);
+            }
+            let response = runtime.block_on(request.send());
+            let Ok(response) = response else {
+                // reqwest refusing to build the URL is not the server's doing.
+                return Ok(());
+            };
+            let status = response.status();
+            *statuses.lock().unwrap().entry(status.as_u16()).or_default() += 1;
+            prop_assert!(!status.is_server_error(), "{method} {url} → {status}");
+            if status.is_client_error() && method != Method::HEAD {
+                prop_assert_eq!(
+                    response.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                    Some(&b"application/problem+json"[..]),
+                    "{} {} → {}",
+                    method,
+                    url,
+                    status
+                );
+            }
+            Ok(())
+        })
         .unwrap();
     // The server is still healthy after all of it.
-    let health = runtime
-        .block_on(http.get(server.url("/health")).send())
-        .unwrap();
+    let health = runtime.block_on(http.get(server.url("/health")).send()).unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    println!(
-        "{backend:?}: {CASES} requests, statuses {:?}",
-        statuses.lock().unwrap()
-    );
-    assert_eq!(
-        panics.load(Ordering::SeqCst),
-        0,
-        "a panic happened while fuzzing"
-    );
+    println!("{backend:?}: {CASES} requests, statuses {:?}", statuses.lock().unwrap());
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic happened while fuzzing");
     drop(server);
     runtime.shutdown_background();
 }

@@ -140,22 +140,15 @@ impl World {
 
     /// The user's list equals their model, in creation order.
     async fn check_view(&self, user: usize) -> Result<(), TestCaseError> {
-        let listed = self.clients[user]
-            .list_tasks()
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let listed = self.clients[user].list_tasks().send().await.unwrap().into_inner();
         let expected: Vec<(i64, &str, bool)> = self
             .model
             .iter()
             .filter(|(_, task)| task.owner == user)
             .map(|(id, task)| (*id, task.title.as_str(), task.completed))
             .collect();
-        let actual: Vec<(i64, &str, bool)> = listed
-            .iter()
-            .map(|task| (task.id, task.title.as_str(), task.completed))
-            .collect();
+        let actual: Vec<(i64, &str, bool)> =
+            listed.iter().map(|task| (task.id, task.title.as_str(), task.completed)).collect();
         prop_assert_eq!(actual, expected, "view of user {}", user);
         prop_assert!(listed.iter().all(|task| task.user_id == self.names[user]));
         Ok(())
@@ -195,16 +188,9 @@ impl World {
             }
         }
         let actor = match op {
-            Op::Create {
-                user,
-                style,
-                title,
-                completed,
-            } => {
+            Op::Create { user, style, title, completed } => {
                 let client = &self.clients[*user];
-                let body = TaskCreate::builder()
-                    .title(title.clone())
-                    .completed(*completed);
+                let body = TaskCreate::builder().title(title.clone()).completed(*completed);
                 let reply = match style {
                     Style::Plain => client.create_task().body(body).send().await,
                     Style::UserPath => {
@@ -216,40 +202,26 @@ impl World {
                             .await
                     }
                 };
-                let task = reply
-                    .map_err(|e| TestCaseError::fail(format!("create: {e:?}")))?
-                    .into_inner();
+                let task =
+                    reply.map_err(|e| TestCaseError::fail(format!("create: {e:?}")))?.into_inner();
                 prop_assert!(task.id > self.newest, "ids only grow");
                 prop_assert!(!self.created.contains(&task.id), "id reused");
                 self.model.insert(
                     task.id,
-                    ModelTask {
-                        owner: *user,
-                        title: title.clone(),
-                        completed: *completed,
-                    },
+                    ModelTask { owner: *user, title: title.clone(), completed: *completed },
                 );
                 self.created.push(task.id);
                 self.newest = task.id;
                 self.expect_task(*user, task.id, &task)?;
                 *user
             }
-            Op::Get {
-                user,
-                style,
-                target,
-            } => {
+            Op::Get { user, style, target } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
                 let reply = match style {
                     Style::Plain => client.get_task().id(id).send().await,
                     Style::UserPath => {
-                        client
-                            .get_user_task()
-                            .user_id(&self.names[*user])
-                            .id(id)
-                            .send()
-                            .await
+                        client.get_user_task().user_id(&self.names[*user]).id(id).send().await
                     }
                 };
                 if let Some(task) = check_reply(self, *user, id, reply)? {
@@ -257,11 +229,7 @@ impl World {
                 }
                 *user
             }
-            Op::List {
-                user,
-                style,
-                status,
-            } => {
+            Op::List { user, style, status } => {
                 let client = &self.clients[*user];
                 let status_param = match status {
                     None => TaskStatus::All,
@@ -279,9 +247,8 @@ impl World {
                             .await
                     }
                 };
-                let listed = reply
-                    .map_err(|e| TestCaseError::fail(format!("list: {e:?}")))?
-                    .into_inner();
+                let listed =
+                    reply.map_err(|e| TestCaseError::fail(format!("list: {e:?}")))?.into_inner();
                 let expected: Vec<i64> = self
                     .model
                     .iter()
@@ -290,19 +257,10 @@ impl World {
                     })
                     .map(|(id, _)| *id)
                     .collect();
-                prop_assert_eq!(
-                    listed.iter().map(|task| task.id).collect::<Vec<_>>(),
-                    expected
-                );
+                prop_assert_eq!(listed.iter().map(|task| task.id).collect::<Vec<_>>(), expected);
                 *user
             }
-            Op::Update {
-                user,
-                style,
-                target,
-                title,
-                completed,
-            } => {
+            Op::Update { user, style, target, title, completed } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
                 let mut body = TaskUpdate::builder();
@@ -340,22 +298,13 @@ impl World {
                 }
                 *user
             }
-            Op::Toggle {
-                user,
-                style,
-                target,
-            } => {
+            Op::Toggle { user, style, target } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
                 let reply = match style {
                     Style::Plain => client.toggle_task().id(id).send().await,
                     Style::UserPath => {
-                        client
-                            .toggle_user_task()
-                            .user_id(&self.names[*user])
-                            .id(id)
-                            .send()
-                            .await
+                        client.toggle_user_task().user_id(&self.names[*user]).id(id).send().await
                     }
                 };
                 if let Some(task) = check_reply(self, *user, id, reply)? {
@@ -365,22 +314,13 @@ impl World {
                 }
                 *user
             }
-            Op::Delete {
-                user,
-                style,
-                target,
-            } => {
+            Op::Delete { user, style, target } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
                 let reply = match style {
                     Style::Plain => client.delete_task().id(id).send().await,
                     Style::UserPath => {
-                        client
-                            .delete_user_task()
-                            .user_id(&self.names[*user])
-                            .id(id)
-                            .send()
-                            .await
+                        client.delete_user_task().user_id(&self.names[*user]).id(id).send().await
                     }
                 };
                 match reply {
@@ -400,49 +340,18 @@ impl World {
                 }
                 *user
             }
-            Op::ForeignPath {
-                user,
-                other,
-                target,
-            } => {
+            Op::ForeignPath { user, other, target } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
                 let victim = &self.names[*other];
                 let statuses = [
-                    client
-                        .list_user_tasks()
-                        .user_id(victim)
-                        .send()
-                        .await
-                        .err()
-                        .and_then(|e| e.status()),
-                    client
-                        .get_user_task()
-                        .user_id(victim)
-                        .id(id)
-                        .send()
-                        .await
-                        .err()
-                        .and_then(|e| e.status()),
-                    client
-                        .toggle_user_task()
-                        .user_id(victim)
-                        .id(id)
-                        .send()
-                        .await
-                        .err()
-                        .and_then(|e| e.status()),
-                    client
-                        .delete_user_task()
-                        .user_id(victim)
-                        .id(id)
-                        .send()
-                        .await
-                        .err()
-                        .and_then(|e| e.status()),
+                    status(client.list_user_tasks().user_id(victim).send().await),
+                    status(client.get_user_task().user_id(victim).id(id).send().await),
+                    status(client.toggle_user_task().user_id(victim).id(id).send().await),
+                    status(client.delete_user_task().user_id(victim).id(id).send().await),
                 ];
                 for status in statuses {
-                    prop_assert_eq!(status.map(|s| s.as_u16()), Some(403));
+                    prop_assert_eq!(status, Some(403));
                 }
                 *other
             }
@@ -451,12 +360,14 @@ impl World {
     }
 }
 
+/// The status of an error response, `None` on success.
+fn status<T>(reply: Result<T, client_sdk::Error<client_sdk::types::Problem>>) -> Option<u16> {
+    reply.err().and_then(|err| err.status()).map(|status| status.as_u16())
+}
+
 fn run(backend: Backend) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let _context = runtime.enter();
     let server = runtime.block_on(TestServer::start(backend));
     let mut runner = TestRunner::new(ProptestConfig {

@@ -12,11 +12,9 @@ use reqwest::{Method, StatusCode, header};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_is_503_and_recovers_without_restart() {
     let cluster = tokio::task::block_in_place(PgCluster::start);
-    let server = TestServer::start_on(
-        &with_database(&cluster.admin_url(), "postgres"),
-        Options::default(),
-    )
-    .await;
+    let server =
+        TestServer::start_on(&with_database(&cluster.admin_url(), "postgres"), Options::default())
+            .await;
     let client = server.client("outage");
     let task = client
         .create_task()
@@ -37,22 +35,10 @@ async fn database_outage_is_503_and_recovers_without_restart() {
     let auth = token("outage");
     let calls = [
         (Method::GET, "/api/tasks".to_owned(), None),
-        (
-            Method::POST,
-            "/api/tasks".to_owned(),
-            Some(r#"{"title": "during"}"#),
-        ),
+        (Method::POST, "/api/tasks".to_owned(), Some(r#"{"title": "during"}"#)),
         (Method::GET, format!("/api/tasks/{}", task.id), None),
-        (
-            Method::PUT,
-            format!("/api/tasks/{}", task.id),
-            Some(r#"{"title": "x"}"#),
-        ),
-        (
-            Method::PATCH,
-            format!("/api/outage/tasks/{}/complete", task.id),
-            None,
-        ),
+        (Method::PUT, format!("/api/tasks/{}", task.id), Some(r#"{"title": "x"}"#)),
+        (Method::PATCH, format!("/api/outage/tasks/{}/complete", task.id), None),
         (Method::DELETE, format!("/api/tasks/{}", task.id), None),
     ];
     let mut slowest = Duration::ZERO;
@@ -60,9 +46,7 @@ async fn database_outage_is_503_and_recovers_without_restart() {
         for (method, path, body) in &calls {
             let mut request = raw.request(method.clone(), path).bearer_auth(&auth);
             if let Some(body) = body {
-                request = request
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(*body);
+                request = request.header(header::CONTENT_TYPE, "application/json").body(*body);
             }
             let started = Instant::now();
             let response = request.send().await.unwrap();
@@ -73,15 +57,9 @@ async fn database_outage_is_503_and_recovers_without_restart() {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "{method} {path} (round {round})"
             );
-            assert!(
-                elapsed < Duration::from_secs(2),
-                "{method} {path} took {elapsed:?}"
-            );
+            assert!(elapsed < Duration::from_secs(2), "{method} {path} took {elapsed:?}");
             assert!(response.headers().contains_key(header::RETRY_AFTER));
-            assert_eq!(
-                response.headers()[header::CONTENT_TYPE],
-                "application/problem+json"
-            );
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
             let body = response.text().await.unwrap();
             for leak in [
                 "postgres",
@@ -100,10 +78,7 @@ async fn database_outage_is_503_and_recovers_without_restart() {
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() < Duration::from_secs(2));
     let body: serde_json::Value = health.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"status": "unhealthy", "database": "unreachable"})
-    );
+    assert_eq!(body, serde_json::json!({"status": "unhealthy", "database": "unreachable"}));
     println!("outage: slowest 503 took {slowest:?}");
 
     tokio::task::block_in_place(|| cluster.resume());
@@ -113,12 +88,7 @@ async fn database_outage_is_503_and_recovers_without_restart() {
     loop {
         let list = client.list_tasks().send().await;
         let get = client.get_task().id(task.id).send().await;
-        let health = raw
-            .request(Method::GET, "/health")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let health = raw.request(Method::GET, "/health").send().await.unwrap().status();
         if list.is_ok() && get.is_ok() && health == StatusCode::OK {
             break;
         }
@@ -128,10 +98,7 @@ async fn database_outage_is_503_and_recovers_without_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "outage: recovered {:?} after the database came back",
-        restarted.elapsed()
-    );
+    println!("outage: recovered {:?} after the database came back", restarted.elapsed());
     // And a burst of parallel requests (every pool slot) all succeed.
     let burst = (0..20).map(|_| client.list_tasks().send());
     for result in futures::future::join_all(burst).await {

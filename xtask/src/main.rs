@@ -45,15 +45,7 @@ fn root() -> PathBuf {
 fn evidence(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "integration-tests",
-            "--bin",
-            "evidence",
-            "--",
-        ])
+        .args(["run", "--quiet", "--package", "integration-tests", "--bin", "evidence", "--"])
         .args(args)
         .current_dir(root())
         .status()?;

@@ -41,12 +41,7 @@ impl HealthApi {
     /// Check health
     ///
     /// No authentication. 200 when a `SELECT 1` succeeds within a second, else 503.
-    #[oai(
-        path = "/health",
-        method = "get",
-        operation_id = "health",
-        tag = "ApiTags::Health"
-    )]
+    #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
         match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
             Ok(Ok(())) => HealthResponse::Healthy(Json(Health {
@@ -54,15 +49,9 @@ impl HealthApi {
                 database: "ok".into(),
             })),
             outcome => {
-                tracing::warn!(
-                    timed_out = outcome.is_err(),
-                    "health check: database unreachable"
-                );
+                tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
                 HealthResponse::Unhealthy(
-                    Json(Health {
-                        status: "unhealthy".into(),
-                        database: "unreachable".into(),
-                    }),
+                    Json(Health { status: "unhealthy".into(), database: "unreachable".into() }),
                     "2".into(),
                 )
             }

@@ -65,18 +65,9 @@ mod tests {
         let mut ids = Vec::new();
         for (_, path) in spec["paths"].as_object().unwrap() {
             for (_, operation) in path.as_object().unwrap() {
-                let id = operation["operationId"]
-                    .as_str()
-                    .expect("operationId")
-                    .to_owned();
-                assert!(
-                    id.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                    "{id}"
-                );
-                assert!(
-                    operation["tags"].as_array().is_some_and(|t| !t.is_empty()),
-                    "{id}"
-                );
+                let id = operation["operationId"].as_str().expect("operationId").to_owned();
+                assert!(id.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{id}");
+                assert!(operation["tags"].as_array().is_some_and(|t| !t.is_empty()), "{id}");
                 assert!(operation["summary"].is_string(), "{id}");
                 ids.push(id);
             }

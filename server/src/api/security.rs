@@ -30,10 +30,7 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
         ApiError::Unauthorized(err)
     };
     if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
-        return Err(reject(AuthError::Invalid(
-            "more than one Authorization header".into(),
-        ))
-        .into());
+        return Err(reject(AuthError::Invalid("more than one Authorization header".into())).into());
     }
     if bearer.token.len() > MAX_TOKEN_BYTES {
         return Err(reject(AuthError::Invalid("token too long".into())).into());

@@ -209,9 +209,7 @@ fn list_query(
 ) -> Result<ListQuery, ApiError> {
     let mut errors = Vec::new();
     let mut check = |field: &str, value: Result<i64, String>| {
-        value
-            .map_err(|message| errors.push(FieldError::new(field, message)))
-            .ok()
+        value.map_err(|message| errors.push(FieldError::new(field, message))).ok()
     };
     let limit = limit.and_then(|limit| check("limit", limit.checked()));
     let offset = offset.and_then(|offset| check("offset", offset.checked()));

@@ -76,21 +76,14 @@ impl Type for Timestamp {
 
 impl ToJSON for Timestamp {
     fn to_json(&self) -> Option<Value> {
-        Some(Value::String(
-            self.0.to_rfc3339_opts(SecondsFormat::Micros, true),
-        ))
+        Some(Value::String(self.0.to_rfc3339_opts(SecondsFormat::Micros, true)))
     }
 }
 
 impl ParseFromJSON for Timestamp {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        let text = value
-            .as_ref()
-            .and_then(Value::as_str)
-            .ok_or_else(ParseError::expected_input)?;
-        Ok(Self(
-            DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc),
-        ))
+        let text = value.as_ref().and_then(Value::as_str).ok_or_else(ParseError::expected_input)?;
+        Ok(Self(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc)))
     }
 }
 
@@ -158,10 +151,7 @@ impl<T: Type> Type for JsonObject<T> {
 
 impl<T: Type> ParseFromJSON for JsonObject<T> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        Ok(Self {
-            value: value.unwrap_or_default(),
-            schema: PhantomData,
-        })
+        Ok(Self { value: value.unwrap_or_default(), schema: PhantomData })
     }
 }
 
@@ -265,10 +255,7 @@ impl<const MIN: i64, const MAX: i64> Type for RangedInt<MIN, MAX> {
 
 impl<const MIN: i64, const MAX: i64> ParseFromParameter for RangedInt<MIN, MAX> {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        value
-            .parse()
-            .map(Self)
-            .map_err(|_| ParseError::custom("expected an integer"))
+        value.parse().map(Self).map_err(|_| ParseError::custom("expected an integer"))
     }
 }
 

@@ -23,12 +23,8 @@ pub fn new_task(body: &Value) -> Result<NewTask, ApiError> {
         }
         Some(value) => title(value, &mut errors),
     };
-    let description = object
-        .get("description")
-        .and_then(|value| description(value, &mut errors));
-    let completed = object
-        .get("completed")
-        .and_then(|value| completed(value, &mut errors));
+    let description = object.get("description").and_then(|value| description(value, &mut errors));
+    let completed = object.get("completed").and_then(|value| completed(value, &mut errors));
     match title {
         Some(title) if errors.is_empty() => Ok(NewTask {
             title,
@@ -43,15 +39,9 @@ pub fn task_patch(body: &Value) -> Result<TaskPatch, ApiError> {
     let object = as_object(body)?;
     let mut errors = Vec::new();
     let patch = TaskPatch {
-        title: object
-            .get("title")
-            .and_then(|value| title(value, &mut errors)),
-        description: object
-            .get("description")
-            .and_then(|value| description(value, &mut errors)),
-        completed: object
-            .get("completed")
-            .and_then(|value| completed(value, &mut errors)),
+        title: object.get("title").and_then(|value| title(value, &mut errors)),
+        description: object.get("description").and_then(|value| description(value, &mut errors)),
+        completed: object.get("completed").and_then(|value| completed(value, &mut errors)),
     };
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
@@ -152,16 +142,10 @@ mod tests {
             new_task(&json!({"title": 5, "description": 1, "completed": "true"})).unwrap_err();
         assert_eq!(fields(err), ["title", "description", "completed"]);
         assert_eq!(fields(new_task(&json!({})).unwrap_err()), ["title"]);
-        assert_eq!(
-            fields(new_task(&json!({"title": " \t\n"})).unwrap_err()),
-            ["title"]
-        );
+        assert_eq!(fields(new_task(&json!({"title": " \t\n"})).unwrap_err()), ["title"]);
         assert_eq!(fields(new_task(&json!([1])).unwrap_err()), ["body"]);
         let nul = json!({"title": "a\u{0}b", "description": "\u{0}"});
-        assert_eq!(
-            fields(new_task(&nul).unwrap_err()),
-            ["title", "description"]
-        );
+        assert_eq!(fields(new_task(&nul).unwrap_err()), ["title", "description"]);
     }
 
     #[test]
@@ -175,14 +159,8 @@ mod tests {
     #[test]
     fn update_needs_a_known_field_and_rejects_null_title() {
         assert_eq!(fields(task_patch(&json!({})).unwrap_err()), ["body"]);
-        assert_eq!(
-            fields(task_patch(&json!({"foo": 1})).unwrap_err()),
-            ["body"]
-        );
-        assert_eq!(
-            fields(task_patch(&json!({"title": null})).unwrap_err()),
-            ["title"]
-        );
+        assert_eq!(fields(task_patch(&json!({"foo": 1})).unwrap_err()), ["body"]);
+        assert_eq!(fields(task_patch(&json!({"title": null})).unwrap_err()), ["title"]);
         let patch = task_patch(&json!({"description": ""})).unwrap();
         assert_eq!(patch.description, Some(None));
         let patch = task_patch(&json!({"completed": true})).unwrap();

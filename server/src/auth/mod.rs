@@ -102,9 +102,7 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
 /// Also rejects an `iat` in the future (beyond the leeway), which the library does not check.
 fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError> {
     if let Some(iat) = claims.get("iat") {
-        let iat = iat
-            .as_f64()
-            .ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
+        let iat = iat.as_f64().ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
         let now = jsonwebtoken::get_current_timestamp() as f64;
         if iat > now + LEEWAY_SECS as f64 {
             return Err(AuthError::Invalid("iat is in the future".into()));

@@ -235,10 +235,7 @@ mod tests {
     #[test]
     fn both_migration_folders_define_the_same_versions() {
         let versions = |migrator: sqlx::migrate::Migrator| {
-            migrator
-                .iter()
-                .map(|m| (m.version, m.description.to_string()))
-                .collect::<Vec<_>>()
+            migrator.iter().map(|m| (m.version, m.description.to_string())).collect::<Vec<_>>()
         };
         let postgres = versions(sqlx::migrate!("../migrations/postgres"));
         let sqlite = versions(sqlx::migrate!("../migrations/sqlite"));

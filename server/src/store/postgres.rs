@@ -79,10 +79,7 @@ impl TaskStore for PostgresStore {
             None if query.offset > 0 => self.count(owner, query.status).await?,
             None => 0,
         };
-        Ok(Page {
-            tasks: rows.into_iter().map(|row| row.task).collect(),
-            total,
-        })
+        Ok(Page { tasks: rows.into_iter().map(|row| row.task).collect(), total })
     }
 
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {

@@ -82,22 +82,10 @@ impl SqliteStore {
         // Every connection to an in-memory database is a database of its own: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory {
-                1
-            } else {
-                options.max_connections
-            })
+            .max_connections(if in_memory { 1 } else { options.max_connections })
             .min_connections(u32::from(in_memory))
-            .idle_timeout(if in_memory {
-                None
-            } else {
-                Some(Duration::from_secs(600))
-            })
-            .max_lifetime(if in_memory {
-                None
-            } else {
-                Some(Duration::from_secs(1800))
-            })
+            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options);
 
@@ -135,10 +123,8 @@ impl TaskStore for SqliteStore {
             None if query.offset > 0 => self.count(owner, query.status).await?,
             None => 0,
         };
-        let tasks = rows
-            .into_iter()
-            .map(|row| Task::try_from(row.task))
-            .collect::<StoreResult<_>>()?;
+        let tasks =
+            rows.into_iter().map(|row| Task::try_from(row.task)).collect::<StoreResult<_>>()?;
         Ok(Page { tasks, total })
     }
 

@@ -18,10 +18,8 @@ const USAGE: &str = "usage: evidence resilience | evidence soak [--minutes N] [-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let result = match args.as_slice() {
         ["resilience"] => runtime.block_on(resilience::run()),
         ["soak", options @ ..] => {

@@ -94,10 +94,7 @@ async fn crash_durability(
             let mut records: Vec<Record> = Vec::new();
             for n in 0.. {
                 let v0 = Content::version(writer, n, 0);
-                records.push(Record {
-                    in_flight: Some(v0.clone()),
-                    ..Record::default()
-                });
+                records.push(Record { in_flight: Some(v0.clone()), ..Record::default() });
                 let body = TaskCreate::builder()
                     .title(v0.title.clone())
                     .description(Some(v0.description.parse().unwrap()))
@@ -116,14 +113,7 @@ async fn crash_durability(
                         .title(Some(next.title.parse().unwrap()))
                         .description(Some(next.description.parse().unwrap()))
                         .completed(next.completed);
-                    if client
-                        .update_task()
-                        .id(created.id)
-                        .body(body)
-                        .send()
-                        .await
-                        .is_err()
-                    {
+                    if client.update_task().id(created.id).body(body).send().await.is_err() {
                         return records;
                     }
                     record.acked = record.in_flight.take();
@@ -141,11 +131,7 @@ async fn crash_durability(
     for writer in writers {
         records.push(writer.await?);
     }
-    let acknowledged: usize = records
-        .iter()
-        .flatten()
-        .filter(|r| r.acked.is_some())
-        .count();
+    let acknowledged: usize = records.iter().flatten().filter(|r| r.acked.is_some()).count();
 
     let log = scratch.join(format!("crash-{label}-2.log"));
     logs.push(log.clone());
@@ -213,11 +199,8 @@ async fn scale_out(
     let via_a = client_sdk::authenticated(&a.base_url, &token(&name))?;
     let via_b = client_sdk::authenticated(&b.base_url, &token(&name))?;
 
-    let created = via_a
-        .create_task()
-        .body(TaskCreate::builder().title("written via A"))
-        .send()
-        .await?;
+    let created =
+        via_a.create_task().body(TaskCreate::builder().title("written via A")).send().await?;
     let read = via_b.get_task().id(created.id).send().await?;
     anyhow::ensure!(read.title == "written via A", "B does not see A's write");
     let body = TaskUpdate::builder().title(Some("updated via B".parse().unwrap()));
@@ -260,41 +243,22 @@ async fn scale_out(
     }
 
     // Concurrent toggles through both processes never lose one.
-    let task = via_a
-        .create_task()
-        .body(TaskCreate::builder().title("flip"))
-        .send()
-        .await?
-        .into_inner();
+    let task =
+        via_a.create_task().body(TaskCreate::builder().title("flip")).send().await?.into_inner();
     let toggles = 40;
     let started = Instant::now();
     let flips = (0..toggles).map(|i| {
         let client = if i % 2 == 0 { &via_a } else { &via_b };
-        async move {
-            client
-                .toggle_task()
-                .id(task.id)
-                .send()
-                .await
-                .map(|t| t.into_inner())
-        }
+        async move { client.toggle_task().id(task.id).send().await.map(|t| t.into_inner()) }
     });
-    let results: Vec<_> = futures::future::join_all(flips)
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let results: Vec<_> =
+        futures::future::join_all(flips).await.into_iter().collect::<Result<_, _>>()?;
     let trues = results.iter().filter(|t| t.completed).count();
     let stamps: HashSet<_> = results.iter().map(|t| t.updated_at).collect();
     let final_state = via_b.get_task().id(task.id).send().await?.completed;
-    anyhow::ensure!(
-        trues == toggles / 2,
-        "{trues} of {toggles} toggles saw `completed`"
-    );
+    anyhow::ensure!(trues == toggles / 2, "{trues} of {toggles} toggles saw `completed`");
     anyhow::ensure!(stamps.len() == toggles, "two toggles saw the same state");
-    anyhow::ensure!(
-        !final_state,
-        "an even number of toggles must end where it started"
-    );
+    anyhow::ensure!(!final_state, "an even number of toggles must end where it started");
     println!(
         "scale-out: 2 processes on one PostgreSQL; cross-process reads and writes agree for 21 users; \
          {toggles} concurrent toggles through both in {:?} ended parity-correct",

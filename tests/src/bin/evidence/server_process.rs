@@ -34,13 +34,8 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary` on `database_url` and waits until it is healthy.
     pub async fn start(binary: &Path, database_url: &str, log: PathBuf) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(binary)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -57,11 +52,7 @@ impl ServerProcess {
             .stderr(log_file)
             .spawn()
             .context("start the server binary")?;
-        let mut server = Self {
-            child,
-            base_url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
+        let mut server = Self { child, base_url: format!("http://127.0.0.1:{port}"), log };
         server.wait_healthy(Duration::from_secs(30)).await?;
         Ok(server)
     }
@@ -102,14 +93,9 @@ impl ServerProcess {
 
     /// SIGTERM, then wait for the graceful shutdown.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()?;
+        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
         let status = self.child.wait()?;
-        anyhow::ensure!(
-            status.success(),
-            "the server did not shut down cleanly: {status}"
-        );
+        anyhow::ensure!(status.success(), "the server did not shut down cleanly: {status}");
         Ok(())
     }
 

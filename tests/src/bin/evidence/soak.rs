@@ -27,16 +27,10 @@ pub struct Options {
 
 impl Options {
     pub fn parse(args: &[&str]) -> anyhow::Result<Self> {
-        let mut options = Self {
-            minutes: 1.0,
-            users: 100,
-            sqlite: false,
-        };
+        let mut options = Self { minutes: 1.0, users: 100, sqlite: false };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
-            let value = args
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+            let value = args.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
             match *flag {
                 "--minutes" => options.minutes = value.parse()?,
                 "--users" => options.users = value.parse()?,
@@ -114,10 +108,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         requests as f64 / elapsed.as_secs_f64(),
         growth * 100.0,
     );
-    anyhow::ensure!(
-        unexpected == 0,
-        "{unexpected} responses the workload did not expect"
-    );
+    anyhow::ensure!(unexpected == 0, "{unexpected} responses the workload did not expect");
     anyhow::ensure!(
         growth < MAX_RSS_GROWTH,
         "server memory grew {:.1}% after warm-up",
@@ -128,9 +119,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 /// One user's loop: mostly reads, some writes, every response checked for its expected status.
 async fn workload(client: client_sdk::Client, seed: u64, deadline: Instant, counters: &Counters) {
-    let mut random = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut random = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move || {
         random ^= random << 13;
         random ^= random >> 7;
@@ -143,12 +132,7 @@ async fn workload(client: client_sdk::Client, seed: u64, deadline: Instant, coun
         let pick = |n: u64| mine[(n % mine.len() as u64) as usize];
         let ok = if mine.is_empty() || roll < 20 {
             let title = format!("task {}", next() % 1000);
-            match client
-                .create_task()
-                .body(TaskCreate::builder().title(title))
-                .send()
-                .await
-            {
+            match client.create_task().body(TaskCreate::builder().title(title)).send().await {
                 Ok(task) => {
                     mine.push(task.id);
                     true
@@ -156,23 +140,13 @@ async fn workload(client: client_sdk::Client, seed: u64, deadline: Instant, coun
                 Err(_) => false,
             }
         } else if roll < 50 {
-            client
-                .list_tasks()
-                .send()
-                .await
-                .is_ok_and(|tasks| tasks.len() == mine.len())
+            client.list_tasks().send().await.is_ok_and(|tasks| tasks.len() == mine.len())
         } else if roll < 70 {
             client.get_task().id(pick(next())).send().await.is_ok()
         } else if roll < 80 {
             let body = TaskUpdate::builder()
                 .title(Some(format!("renamed {}", next() % 1000).parse().unwrap()));
-            client
-                .update_task()
-                .id(pick(next()))
-                .body(body)
-                .send()
-                .await
-                .is_ok()
+            client.update_task().id(pick(next())).body(body).send().await.is_ok()
         } else if roll < 95 {
             client.toggle_task().id(pick(next())).send().await.is_ok()
         } else {
