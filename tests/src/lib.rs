@@ -8,6 +8,7 @@ pub mod postgres;
 use std::{net::SocketAddr, sync::Arc};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
 use server::{
     AppState,
@@ -73,7 +74,8 @@ impl TestServer {
             .await
             .expect("connect the store");
         let verifier = Arc::new(SharedSecretVerifier::new(SECRET.as_bytes(), &options.rules));
-        let app = server::app(AppState { store, verifier }, &options.cors_origins);
+        let app =
+            server::app(AppState { store, verifier }, &options.cors_origins).around(scan_response);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -129,6 +131,24 @@ impl Drop for TestServer {
             assert!(leaks.is_empty(), "a secret, password or token was logged: {leaks:?}");
         }
     }
+}
+
+/// Looks at every response (headers and body) for secrets, passwords and tokens.
+async fn scan_response<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let mut response = next.call(req).await?.into_response();
+    let body = response.take_body().into_bytes().await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    if logs::is_secret_bearing(&text) {
+        logs::record_leak(format!("response body: {text}"));
+    }
+    for (name, value) in response.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if logs::is_secret_bearing(&value) {
+            logs::record_leak(format!("response header {name}: {value}"));
+        }
+    }
+    response.set_body(body);
+    Ok(response)
 }
 
 /// reqwest with the base URL filled in.

@@ -1,7 +1,7 @@
 //! Every test server logs at `debug` into a capture that looks at each line as it is written
-//! for things that must never be logged: the JWT secret, the database password, and any JWT
-//! at all (every JWT starts with `eyJ`, the base64 of `{"`). A test server that is dropped
-//! while the capture holds such a line fails its test.
+//! for things that must never be logged: the JWT secret, the database password, and any JWT at
+//! all. Every response of a test server is looked at the same way. A test server that is
+//! dropped after any such sighting fails its test.
 
 use std::{
     io::Write,
@@ -37,7 +37,22 @@ pub fn leaks() -> (Vec<String>, u64) {
 
 /// What must never appear in a log line or a response.
 pub fn is_secret_bearing(text: &str) -> bool {
-    text.contains(crate::SECRET) || text.contains(DB_PASSWORD) || text.contains("eyJ")
+    text.contains(crate::SECRET) || text.contains(DB_PASSWORD) || contains_jwt(text)
+}
+
+/// A JWT's first two parts are base64url JSON objects, so each starts with `eyJ` (`{"`):
+/// looks for `eyJ…` `.` `eyJ`.
+fn contains_jwt(text: &str) -> bool {
+    text.match_indices("eyJ").any(|(start, _)| {
+        let rest = &text[start..];
+        let header_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        header_len.is_some_and(|len| rest[len..].starts_with(".eyJ"))
+    })
+}
+
+/// Records something secret-bearing seen outside the log (in a response).
+pub fn record_leak(what: String) {
+    LEAKS.lock().unwrap().push(what);
 }
 
 #[derive(Clone, Copy)]
@@ -56,7 +71,7 @@ impl Write for Scanner {
         let line = String::from_utf8_lossy(buf);
         *LINES.lock().unwrap() += 1;
         if is_secret_bearing(&line) {
-            LEAKS.lock().unwrap().push(line.into_owned());
+            record_leak(line.into_owned());
         }
         if std::env::var_os("TEST_LOG").is_some() {
             std::io::stderr().write_all(buf)?;
@@ -66,5 +81,20 @@ impl Write for Scanner {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spots_tokens_secrets_and_passwords_only() {
+        let token = crate::token("someone");
+        assert!(is_secret_bearing(&format!("auth {token} end")));
+        assert!(is_secret_bearing(&format!("password={DB_PASSWORD}")));
+        assert!(is_secret_bearing(crate::SECRET));
+        assert!(!is_secret_bearing("a title with eyJ in it. eyJ"));
+        assert!(!is_secret_bearing("{\"status\":\"healthy\"}"));
     }
 }
