@@ -87,7 +87,8 @@ impl ParseFromJSON for Timestamp {
     }
 }
 
-/// The body of a create request (documentation of the schema; validated in `validation`).
+/// A new task. Unknown fields, and `id`, `user_id` or timestamps, are ignored.
+// (Only the schema: bodies are validated by `validation`, which answers 422 per field.)
 #[derive(Debug, Object)]
 #[oai(rename = "TaskCreate")]
 pub struct TaskCreateSchema {
