@@ -281,6 +281,7 @@ fn from_framework(err: &poem::Error) -> ApiError {
     } else if err.is::<ContentTypeError>() {
         ApiError::UnsupportedMediaType
     } else if err.is::<AuthorizationError>() {
+        tracing::warn!(reason = %AuthError::Missing, "rejected bearer token");
         ApiError::Unauthorized(AuthError::Missing)
     } else if err.is::<NotFoundError>() {
         ApiError::NotFound("no such resource")
