@@ -36,7 +36,27 @@ pub struct TestServer {
     /// The database the server uses (tests may inspect or tweak it directly).
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
-    _sqlite_dir: Option<tempfile::TempDir>,
+    _database: Option<Database>,
+}
+
+/// A fresh, empty database: a SQLite file in a temporary directory (removed on drop), or a new
+/// database on the test PostgreSQL server.
+pub struct Database {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Database {
+    pub async fn fresh(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("tasks.db").display());
+                Self { url, _dir: Some(dir) }
+            }
+            Backend::Postgres => Self { url: postgres::fresh_database().await, _dir: None },
+        }
+    }
 }
 
 /// Extra knobs for [`TestServer::start_with`].
@@ -53,17 +73,10 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, options: Options) -> Self {
-        let (database_url, sqlite_dir) = match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("tasks.db").display());
-                (url, Some(dir))
-            }
-            Backend::Postgres => (postgres::fresh_database().await, None),
-        };
-        let mut server = Self::start_on(&database_url, options).await;
+        let database = Database::fresh(backend).await;
+        let mut server = Self::start_on(&database.url, options).await;
         server.backend = backend;
-        server._sqlite_dir = sqlite_dir;
+        server._database = Some(database);
         server
     }
 
@@ -94,7 +107,7 @@ impl TestServer {
             },
             database_url: database_url.to_owned(),
             shutdown: Some(shutdown),
-            _sqlite_dir: None,
+            _database: None,
         }
     }
 
