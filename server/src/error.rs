@@ -67,6 +67,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("precondition failed")]
+    PreconditionFailed,
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -93,6 +95,9 @@ impl ApiError {
             ApiError::Forbidden => "the user in the path is not the authenticated user".into(),
             ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
+            ApiError::PreconditionFailed => {
+                "the task has changed: If-Match does not match its current ETag".into()
+            }
             ApiError::PayloadTooLarge => {
                 format!("request body is larger than {} bytes", crate::http::MAX_BODY_BYTES)
             }
@@ -132,6 +137,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -231,6 +237,11 @@ impl ApiResponse for ApiError {
                 problem(
                     404,
                     "No such task for this user (another user's task is reported the same way).",
+                    vec![],
+                ),
+                problem(
+                    412,
+                    "`If-Match` does not match the task's current `ETag`; nothing changed.",
                     vec![],
                 ),
                 problem(413, "The request body is larger than 64 KiB.", vec![]),

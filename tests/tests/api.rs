@@ -39,6 +39,8 @@ on_both_databases!(
     fifty_users_create_concurrently_and_see_only_their_own,
     concurrent_toggles_never_lose_one,
     cors_preflight_needs_no_token,
+    etags_change_on_every_modification_and_guard_writes,
+    concurrent_writers_holding_one_etag_one_wins,
 );
 
 fn create_description(text: &str) -> Option<TaskCreateDescription> {
@@ -1050,4 +1052,136 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .await
         .unwrap();
     assert!(!evil.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+fn etag_of(headers: &header::HeaderMap) -> String {
+    headers[header::ETAG].to_str().unwrap().to_owned()
+}
+
+async fn etags_change_on_every_modification_and_guard_writes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server.client("etag");
+    let created =
+        client.create_task().body(TaskCreate::builder().title("v1")).send().await.unwrap();
+    let tag0 = etag_of(created.headers());
+    assert!(tag0.starts_with('"') && tag0.ends_with('"'), "a strong tag: {tag0}");
+    let id = created.into_inner().id;
+    assert_eq!(etag_of(client.get_task().id(id).send().await.unwrap().headers()), tag0);
+
+    let renamed = client
+        .update_task()
+        .id(id)
+        .if_match(tag0.clone())
+        .body(TaskUpdate::builder().title(update_title("v2")))
+        .send()
+        .await
+        .unwrap();
+    let tag1 = etag_of(renamed.headers());
+    assert_ne!(tag1, tag0, "the tag changes with the task");
+
+    // Stale, weak or foreign tags: 412 on every write, in both styles, and nothing changes.
+    for stale in [tag0.clone(), format!("W/{tag1}"), "\"not-ours\"".to_owned()] {
+        let update = TaskUpdate::builder().title(update_title("lost update"));
+        let replies = [
+            client.update_task().id(id).if_match(stale.clone()).body(update.clone()).send().await,
+            client.toggle_task().id(id).if_match(stale.clone()).send().await,
+            client
+                .update_user_task()
+                .user_id("etag")
+                .id(id)
+                .if_match(stale.clone())
+                .body(update)
+                .send()
+                .await,
+            client.toggle_user_task().user_id("etag").id(id).if_match(stale.clone()).send().await,
+        ];
+        for reply in replies {
+            assert_eq!(problem(reply).status, 412, "{stale}");
+        }
+        let delete = client.delete_task().id(id).if_match(stale.clone()).send().await;
+        assert_eq!(problem(delete).status, 412);
+    }
+    let unchanged = client.get_task().id(id).send().await.unwrap();
+    assert_eq!(etag_of(unchanged.headers()), tag1);
+    assert_eq!(unchanged.title, "v2");
+    assert!(!unchanged.completed);
+
+    // `*` and lists holding the current tag pass.
+    let toggled = client.toggle_task().id(id).if_match("*").send().await.unwrap();
+    let tag2 = etag_of(toggled.headers());
+    assert!(toggled.completed && tag2 != tag1);
+    let listed = client
+        .update_task()
+        .id(id)
+        .if_match(format!("{tag0}, {tag2}"))
+        .body(TaskUpdate::builder().completed(false))
+        .send()
+        .await
+        .unwrap();
+    let tag3 = etag_of(listed.headers());
+
+    // If-None-Match: 304 with the tag and no body when current (or `*`), else the task.
+    for current in [tag3.clone(), format!("W/{tag3}"), "*".to_owned()] {
+        let response = server
+            .raw()
+            .request(Method::GET, &format!("/api/tasks/{id}"))
+            .bearer_auth(token("etag"))
+            .header(header::IF_NONE_MATCH, &current)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED, "{current}");
+        assert_eq!(etag_of(response.headers()), tag3);
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let fresh = client.get_task().id(id).if_none_match(tag2.clone()).send().await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    // Lists ignore conditional headers.
+    let list = server
+        .raw()
+        .request(Method::GET, "/api/tasks")
+        .bearer_auth(token("etag"))
+        .header(header::IF_NONE_MATCH, "*")
+        .header(header::IF_MATCH, "\"0\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+
+    // Another user's task, or a missing one, is 404 whatever the precondition.
+    let other = server.client("someone-else");
+    assert_eq!(problem(other.toggle_task().id(id).if_match(tag3.clone()).send().await).status, 404);
+    assert_eq!(problem(other.delete_task().id(id).if_match("*").send().await).status, 404);
+    assert_eq!(
+        problem(client.delete_task().id(id + 999).if_match(tag3.clone()).send().await).status,
+        404
+    );
+
+    let deleted = client.delete_task().id(id).if_match(tag3).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+}
+
+async fn concurrent_writers_holding_one_etag_one_wins(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server.client("racer");
+    let created =
+        client.create_task().body(TaskCreate::builder().title("base")).send().await.unwrap();
+    let tag = etag_of(created.headers());
+    let id = created.into_inner().id;
+    let writers = (0..10).map(|i| {
+        let request = client
+            .update_task()
+            .id(id)
+            .if_match(tag.clone())
+            .body(TaskUpdate::builder().title(update_title(&format!("writer {i}"))));
+        async move { request.send().await }
+    });
+    let replies = futures::future::join_all(writers).await;
+    let winners: Vec<String> =
+        replies.iter().filter_map(|r| r.as_ref().ok()).map(|t| t.title.clone()).collect();
+    assert_eq!(winners.len(), 1, "exactly one conditional write wins");
+    for reply in replies.into_iter().filter(Result::is_err) {
+        assert_eq!(problem(reply).status, 412);
+    }
+    assert_eq!(client.get_task().id(id).send().await.unwrap().title, winners[0]);
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use integration_tests::{Backend, Database, on_both_databases};
 use server::store::{
-    self, ConnectOptions, ListQuery, NewTask, SortKey, SortOrder, StatusFilter, TaskPatch,
-    TaskStore,
+    self, ConnectOptions, ListQuery, NewTask, Precondition, SortKey, SortOrder, StatusFilter,
+    TaskPatch, TaskStore, Written,
 };
+
+const ANY: &Precondition = &Precondition(None);
 
 on_both_databases!(
     every_call_is_scoped_by_owner,
@@ -15,6 +17,7 @@ on_both_databases!(
     updated_at_strictly_increases_even_within_a_clock_tick,
     listing_orders_ties_by_id_and_counts_before_paging,
     timestamps_round_trip_to_the_microsecond,
+    preconditions_are_checked_in_the_same_statement_as_the_write,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
@@ -32,13 +35,16 @@ async fn every_call_is_scoped_by_owner(backend: Backend) {
     let task = store.create("alice", &new_task("mine")).await.unwrap();
     let patch = TaskPatch { title: Some("stolen".into()), ..TaskPatch::default() };
     assert_eq!(store.get("bob", task.id).await.unwrap(), None);
-    assert_eq!(store.update("bob", task.id, &patch).await.unwrap(), None);
-    assert_eq!(store.toggle_completed("bob", task.id).await.unwrap(), None);
-    assert!(!store.delete("bob", task.id).await.unwrap());
+    assert_eq!(store.update("bob", task.id, &patch, ANY).await.unwrap(), Written::Missing);
+    assert_eq!(store.toggle_completed("bob", task.id, ANY).await.unwrap(), Written::Missing);
+    assert_eq!(store.delete("bob", task.id, ANY).await.unwrap(), Written::Missing);
+    // Even with the right precondition, another owner's task is missing, not a 412.
+    let exact = Precondition(Some(vec![task.updated_at]));
+    assert_eq!(store.toggle_completed("bob", task.id, &exact).await.unwrap(), Written::Missing);
     assert_eq!(store.list("bob", &ListQuery::default()).await.unwrap().total, 0);
     assert_eq!(store.get("alice", task.id).await.unwrap(), Some(task.clone()));
-    assert!(store.delete("alice", task.id).await.unwrap());
-    assert!(!store.delete("alice", task.id).await.unwrap());
+    assert_eq!(store.delete("alice", task.id, ANY).await.unwrap(), Written::Done(()));
+    assert_eq!(store.delete("alice", task.id, ANY).await.unwrap(), Written::Missing);
     store.ping().await.unwrap();
 }
 
@@ -46,23 +52,23 @@ async fn patches_change_only_what_they_name(backend: Backend) {
     let (store, _db) = open(backend).await;
     let task = store.create("u", &new_task("t")).await.unwrap();
     let retitled = store
-        .update("u", task.id, &TaskPatch { title: Some("t2".into()), ..TaskPatch::default() })
+        .update("u", task.id, &TaskPatch { title: Some("t2".into()), ..TaskPatch::default() }, ANY)
         .await
-        .unwrap()
         .unwrap();
+    let Written::Done(retitled) = retitled else { panic!("{retitled:?}") };
     assert_eq!((retitled.title.as_str(), retitled.description.as_deref()), ("t2", Some("d")));
     assert!(!retitled.completed);
     let cleared = store
-        .update("u", task.id, &TaskPatch { description: Some(None), ..TaskPatch::default() })
+        .update("u", task.id, &TaskPatch { description: Some(None), ..TaskPatch::default() }, ANY)
         .await
-        .unwrap()
         .unwrap();
+    let Written::Done(cleared) = cleared else { panic!("{cleared:?}") };
     assert_eq!((cleared.title.as_str(), cleared.description), ("t2", None));
     let completed = store
-        .update("u", task.id, &TaskPatch { completed: Some(true), ..TaskPatch::default() })
+        .update("u", task.id, &TaskPatch { completed: Some(true), ..TaskPatch::default() }, ANY)
         .await
-        .unwrap()
         .unwrap();
+    let Written::Done(completed) = completed else { panic!("{completed:?}") };
     assert!(completed.completed);
     assert_eq!(completed.created_at, task.created_at);
 }
@@ -72,7 +78,10 @@ async fn updated_at_strictly_increases_even_within_a_clock_tick(backend: Backend
     let task = store.create("u", &new_task("t")).await.unwrap();
     let mut last = task.updated_at;
     for _ in 0..50 {
-        let toggled = store.toggle_completed("u", task.id).await.unwrap().unwrap();
+        let Written::Done(toggled) = store.toggle_completed("u", task.id, ANY).await.unwrap()
+        else {
+            panic!("toggle failed")
+        };
         assert!(toggled.updated_at > last, "{} !> {last}", toggled.updated_at);
         last = toggled.updated_at;
     }
@@ -120,4 +129,58 @@ async fn timestamps_round_trip_to_the_microsecond(backend: Backend) {
     assert_eq!(fetched, created);
     let listed = store.list("u", &ListQuery::default()).await.unwrap();
     assert_eq!(listed.tasks, vec![created]);
+}
+
+async fn preconditions_are_checked_in_the_same_statement_as_the_write(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let task = store.create("u", &new_task("t")).await.unwrap();
+    let current = Precondition(Some(vec![task.updated_at]));
+    let stale = Precondition(Some(vec![task.updated_at - chrono::Duration::microseconds(1)]));
+    let none_of_ours = Precondition(Some(vec![]));
+    let patch = TaskPatch { title: Some("changed".into()), ..TaskPatch::default() };
+    for precondition in [&stale, &none_of_ours] {
+        assert_eq!(
+            store.update("u", task.id, &patch, precondition).await.unwrap(),
+            Written::PreconditionFailed
+        );
+        assert_eq!(
+            store.toggle_completed("u", task.id, precondition).await.unwrap(),
+            Written::PreconditionFailed
+        );
+        assert_eq!(
+            store.delete("u", task.id, precondition).await.unwrap(),
+            Written::PreconditionFailed
+        );
+    }
+    assert_eq!(store.get("u", task.id).await.unwrap(), Some(task.clone()), "nothing changed");
+    // A list matches if any tag does.
+    let either = Precondition(Some(vec![stale.0.clone().unwrap()[0], task.updated_at]));
+    let Written::Done(changed) = store.update("u", task.id, &patch, &either).await.unwrap() else {
+        panic!("the current tag was in the list")
+    };
+    // The old tag is now stale; the new one works, once.
+    assert_eq!(
+        store.toggle_completed("u", task.id, &current).await.unwrap(),
+        Written::PreconditionFailed
+    );
+    let fresh = Precondition(Some(vec![changed.updated_at]));
+    assert!(matches!(
+        store.toggle_completed("u", task.id, &fresh).await.unwrap(),
+        Written::Done(_)
+    ));
+    assert_eq!(store.delete("u", task.id, &fresh).await.unwrap(), Written::PreconditionFailed);
+    // Two writers holding the same tag: exactly one wins.
+    let latest = store.get("u", task.id).await.unwrap().unwrap();
+    let tag = Precondition(Some(vec![latest.updated_at]));
+    let (a, b) = tokio::join!(
+        store.toggle_completed("u", task.id, &tag),
+        store.toggle_completed("u", task.id, &tag)
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    assert_eq!(
+        outcomes.iter().filter(|o| matches!(o, Written::Done(_))).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(store.delete("missing-owner", task.id, &tag).await.unwrap(), Written::Missing);
 }

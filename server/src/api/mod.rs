@@ -1,6 +1,7 @@
 //! The HTTP API: operations, their types, and the OpenAPI document built from them.
 //! `service()` needs no database and no server, so the xtask and `main` share it.
 
+mod conditional;
 mod health;
 mod security;
 mod tasks;

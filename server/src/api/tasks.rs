@@ -9,23 +9,25 @@
 use poem::{Request, web::Data};
 use poem_openapi::{
     OpenApi,
-    param::{Path, Query},
+    param::{Header, Path, Query},
     payload::Json,
 };
 
 use super::{
     ApiTags,
+    conditional::{etag, none_match, precondition, written},
     security::BearerAuth,
     types::{
-        DeletedResponse, JsonObject, Limit, Offset, OrderParam, SortParam, StatusParam,
-        TaskCreateSchema, TaskCreatedResponse, TaskListResponse, TaskResponse, TaskUpdateSchema,
+        DeletedResponse, GetTaskResponse, JsonObject, Limit, Offset, OrderParam, SortParam,
+        StatusParam, TaskCreateSchema, TaskCreatedResponse, TaskListResponse, TaskResponse,
+        TaskUpdateSchema,
     },
     validation,
 };
 use crate::{
     AppState,
     error::{ApiError, FieldError},
-    store::ListQuery,
+    store::{ListQuery, Task},
 };
 
 type CreateBody = Json<JsonObject<TaskCreateSchema>>;
@@ -108,9 +110,12 @@ macro_rules! task_operations {
                 )?
                 id: Path<i64>,
                 state: Data<&AppState>,
-            ) -> Result<TaskResponse, ApiError> {
+                /// ETags the caller already has: a match answers 304 with no body.
+                #[oai(name = "If-None-Match")]
+                if_none_match: Header<Option<String>>,
+            ) -> Result<GetTaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                get(&state, &auth, id.0).await
+                get(&state, &auth, id.0, if_none_match.as_deref()).await
             }
 
             /// Update a task
@@ -128,10 +133,13 @@ macro_rules! task_operations {
                 )?
                 id: Path<i64>,
                 state: Data<&AppState>,
+                /// Update only if the task's `ETag` is one of these (`*`: any); else 412.
+                #[oai(name = "If-Match")]
+                if_match: Header<Option<String>>,
                 body: UpdateBody,
             ) -> Result<TaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                update(&state, &auth, id.0, &body).await
+                update(&state, &auth, id.0, if_match.as_deref(), &body).await
             }
 
             /// Toggle a task's completion
@@ -148,9 +156,12 @@ macro_rules! task_operations {
                 )?
                 id: Path<i64>,
                 state: Data<&AppState>,
+                /// Toggle only if the task's `ETag` is one of these (`*`: any); else 412.
+                #[oai(name = "If-Match")]
+                if_match: Header<Option<String>>,
             ) -> Result<TaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                toggle(&state, &auth, id.0).await
+                toggle(&state, &auth, id.0, if_match.as_deref()).await
             }
 
             /// Delete a task
@@ -166,9 +177,12 @@ macro_rules! task_operations {
                 )?
                 id: Path<i64>,
                 state: Data<&AppState>,
+                /// Delete only if the task's `ETag` is one of these (`*`: any); else 412.
+                #[oai(name = "If-Match")]
+                if_match: Header<Option<String>>,
             ) -> Result<DeletedResponse, ApiError> {
                 $( let _ = $user_id; )?
-                delete(&state, &auth, id.0).await
+                delete(&state, &auth, id.0, if_match.as_deref()).await
             }
         }
     };
@@ -245,37 +259,58 @@ async fn create(
     let task = state.store.create(&auth.0.user_id, &new_task).await?;
     // The new task's URL in the style of the collection it was posted to.
     let location = format!("{}/{}", req.uri().path().trim_end_matches('/'), task.id);
-    Ok(TaskCreatedResponse::Created(Json(task.into()), location))
+    let etag = etag(&task);
+    Ok(TaskCreatedResponse::Created(Json(task.into()), location, etag))
 }
 
-async fn get(state: &AppState, auth: &BearerAuth, id: i64) -> Result<TaskResponse, ApiError> {
-    let task = state.store.get(&auth.0.user_id, id).await?;
-    let task = task.ok_or(ApiError::TASK_NOT_FOUND)?;
-    Ok(TaskResponse::Ok(Json(task.into())))
+async fn get(
+    state: &AppState,
+    auth: &BearerAuth,
+    id: i64,
+    if_none_match: Option<&str>,
+) -> Result<GetTaskResponse, ApiError> {
+    let task = state.store.get(&auth.0.user_id, id).await?.ok_or(ApiError::TASK_NOT_FOUND)?;
+    let etag = etag(&task);
+    if none_match(if_none_match, &etag) {
+        return Ok(GetTaskResponse::NotModified(etag));
+    }
+    Ok(GetTaskResponse::Ok(Json(task.into()), etag))
 }
 
 async fn update(
     state: &AppState,
     auth: &BearerAuth,
     id: i64,
+    if_match: Option<&str>,
     body: &UpdateBody,
 ) -> Result<TaskResponse, ApiError> {
     let patch = validation::task_patch(&body.0.value)?;
-    let task = state.store.update(&auth.0.user_id, id, &patch).await?;
-    let task = task.ok_or(ApiError::TASK_NOT_FOUND)?;
-    Ok(TaskResponse::Ok(Json(task.into())))
+    let outcome = state.store.update(&auth.0.user_id, id, &patch, &precondition(if_match)).await?;
+    Ok(task_response(written(outcome)?))
 }
 
-async fn toggle(state: &AppState, auth: &BearerAuth, id: i64) -> Result<TaskResponse, ApiError> {
-    let task = state.store.toggle_completed(&auth.0.user_id, id).await?;
-    let task = task.ok_or(ApiError::TASK_NOT_FOUND)?;
-    Ok(TaskResponse::Ok(Json(task.into())))
+async fn toggle(
+    state: &AppState,
+    auth: &BearerAuth,
+    id: i64,
+    if_match: Option<&str>,
+) -> Result<TaskResponse, ApiError> {
+    let outcome =
+        state.store.toggle_completed(&auth.0.user_id, id, &precondition(if_match)).await?;
+    Ok(task_response(written(outcome)?))
 }
 
-async fn delete(state: &AppState, auth: &BearerAuth, id: i64) -> Result<DeletedResponse, ApiError> {
-    if state.store.delete(&auth.0.user_id, id).await? {
-        Ok(DeletedResponse::NoContent)
-    } else {
-        Err(ApiError::TASK_NOT_FOUND)
-    }
+async fn delete(
+    state: &AppState,
+    auth: &BearerAuth,
+    id: i64,
+    if_match: Option<&str>,
+) -> Result<DeletedResponse, ApiError> {
+    written(state.store.delete(&auth.0.user_id, id, &precondition(if_match)).await?)?;
+    Ok(DeletedResponse::NoContent)
+}
+
+fn task_response(task: Task) -> TaskResponse {
+    let etag = etag(&task);
+    TaskResponse::Ok(Json(task.into()), etag)
 }

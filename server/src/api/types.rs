@@ -286,14 +286,41 @@ pub enum TaskCreatedResponse {
         /// The new task's URL.
         #[oai(header = "Location")]
         String,
+        /// The task's entity tag, for `If-Match` and `If-None-Match`.
+        #[oai(header = "ETag")]
+        String,
     ),
 }
 
 #[derive(ApiResponse)]
 pub enum TaskResponse {
+    /// The task as it is now.
+    #[oai(status = 200)]
+    Ok(
+        Json<TaskView>,
+        /// The task's entity tag, for `If-Match` and `If-None-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum GetTaskResponse {
     /// The task.
     #[oai(status = 200)]
-    Ok(Json<TaskView>),
+    Ok(
+        Json<TaskView>,
+        /// The task's entity tag, for `If-Match` and `If-None-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
+    /// `If-None-Match` matched: the caller's copy is current. No body.
+    #[oai(status = 304)]
+    NotModified(
+        /// The task's entity tag.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]

@@ -5,7 +5,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use super::{ListQuery, NewTask, Page, StoreError, StoreResult, Task, TaskPatch, TaskStore};
+use super::{
+    ListQuery, NewTask, Page, Precondition, StoreError, StoreResult, Task, TaskPatch, TaskStore,
+    Written,
+};
 
 pub struct Deadline {
     inner: Arc<dyn TaskStore>,
@@ -38,16 +41,32 @@ impl TaskStore for Deadline {
         self.run(self.inner.get(owner, id)).await
     }
 
-    async fn update(&self, owner: &str, id: i64, patch: &TaskPatch) -> StoreResult<Option<Task>> {
-        self.run(self.inner.update(owner, id, patch)).await
+    async fn update(
+        &self,
+        owner: &str,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        self.run(self.inner.update(owner, id, patch, precondition)).await
     }
 
-    async fn toggle_completed(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        self.run(self.inner.toggle_completed(owner, id)).await
+    async fn toggle_completed(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        self.run(self.inner.toggle_completed(owner, id, precondition)).await
     }
 
-    async fn delete(&self, owner: &str, id: i64) -> StoreResult<bool> {
-        self.run(self.inner.delete(owner, id)).await
+    async fn delete(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<()>> {
+        self.run(self.inner.delete(owner, id, precondition)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {

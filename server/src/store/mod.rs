@@ -67,6 +67,21 @@ pub enum SortOrder {
     Desc,
 }
 
+/// `If-Match` as the store sees it: write only if the task's `updated_at` is one of these.
+/// `None` writes unconditionally. The check and the write are one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precondition(pub Option<Vec<DateTime<Utc>>>);
+
+/// The outcome of a write to one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written<T> {
+    Done(T),
+    /// No such task for this owner.
+    Missing,
+    /// The task exists, but the precondition did not hold: nothing was changed.
+    PreconditionFailed,
+}
+
 /// Which of an owner's tasks to list, in which order. Ties are broken by id, so pages are stable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListQuery {
@@ -130,10 +145,27 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page>;
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task>;
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
-    async fn update(&self, owner: &str, id: i64, patch: &TaskPatch) -> StoreResult<Option<Task>>;
+    /// Applies `patch` in one statement; `updated_at` strictly moves forward.
+    async fn update(
+        &self,
+        owner: &str,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>>;
     /// Flips `completed` in one statement, so concurrent toggles never lose one.
-    async fn toggle_completed(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
-    async fn delete(&self, owner: &str, id: i64) -> StoreResult<bool>;
+    async fn toggle_completed(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>>;
+    async fn delete(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<()>>;
     /// A `SELECT 1` round trip.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -176,6 +208,24 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<Arc<
             anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")
         };
     Ok(Arc::new(Deadline::new(store, options.call_timeout)))
+}
+
+/// Turns the row a conditional write returned (if any) into its outcome. Only when a
+/// precondition was given and no row came back is a second look needed, to tell a missing task
+/// from a failed precondition.
+async fn written<T, F>(
+    row: Option<T>,
+    precondition: &Precondition,
+    exists: impl FnOnce() -> F,
+) -> StoreResult<Written<T>>
+where
+    F: std::future::Future<Output = StoreResult<bool>>,
+{
+    Ok(match row {
+        Some(row) => Written::Done(row),
+        None if precondition.0.is_some() && exists().await? => Written::PreconditionFailed,
+        None => Written::Missing,
+    })
 }
 
 /// How long one connection attempt may take at start-up.

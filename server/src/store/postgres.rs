@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, StatusFilter, StoreResult, Task, TaskPatch,
-    TaskStore, order_by, status_condition, wait_until_reachable,
+    ConnectOptions, ListQuery, NewTask, Page, Precondition, StatusFilter, StoreResult, Task,
+    TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
@@ -106,47 +106,74 @@ impl TaskStore for PostgresStore {
         .await?)
     }
 
-    async fn update(&self, owner: &str, id: i64, patch: &TaskPatch) -> StoreResult<Option<Task>> {
+    async fn update(
+        &self,
+        owner: &str,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
         // `updated_at` strictly moves forward even if two writes share a clock tick.
-        Ok(sqlx::query_as(
+        let row = sqlx::query_as(
             "UPDATE tasks SET \
                  title = COALESCE($3, title), \
                  description = CASE WHEN $4 THEN $5 ELSE description END, \
                  completed = COALESCE($6, completed), \
                  updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
              WHERE id = $1 AND user_id = $2 \
+               AND ($7::timestamptz[] IS NULL OR updated_at = ANY($7)) \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(id)
         .bind(owner)
         .bind(&patch.title)
         .bind(patch.description.is_some())
-        .bind(patch.description.clone().flatten())
+        .bind(patch.description.as_ref().and_then(Option::as_deref))
         .bind(patch.completed)
+        .bind(precondition.0.as_deref())
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        written(row, precondition, || self.exists(owner, id)).await
     }
 
-    async fn toggle_completed(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        Ok(sqlx::query_as(
+    async fn toggle_completed(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        let row = sqlx::query_as(
             "UPDATE tasks SET completed = NOT completed, \
                  updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
              WHERE id = $1 AND user_id = $2 \
+               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3)) \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(id)
         .bind(owner)
+        .bind(precondition.0.as_deref())
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        written(row, precondition, || self.exists(owner, id)).await
     }
 
-    async fn delete(&self, owner: &str, id: i64) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM tasks WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() == 1)
+    async fn delete(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<()>> {
+        let result = sqlx::query(
+            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
+               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3))",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(precondition.0.as_deref())
+        .execute(&self.pool)
+        .await?;
+        let row = (result.rows_affected() == 1).then_some(());
+        written(row, precondition, || self.exists(owner, id)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -156,6 +183,10 @@ impl TaskStore for PostgresStore {
 }
 
 impl PostgresStore {
+    async fn exists(&self, owner: &str, id: i64) -> StoreResult<bool> {
+        Ok(self.get(owner, id).await?.is_some())
+    }
+
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
         let mut sql = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM tasks WHERE user_id = ");
         sql.push_bind(owner);

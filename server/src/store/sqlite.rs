@@ -13,8 +13,8 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, StatusFilter, StoreError, StoreResult, Task,
-    TaskPatch, TaskStore, order_by, status_condition, wait_until_reachable,
+    ConnectOptions, ListQuery, NewTask, Page, Precondition, StatusFilter, StoreError, StoreResult,
+    Task, TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
@@ -68,6 +68,15 @@ fn into_task(row: Option<TaskRow>) -> StoreResult<Option<Task>> {
     row.map(Task::try_from).transpose()
 }
 
+/// The precondition's timestamps as a JSON array of microseconds, for `json_each` (SQLite has
+/// no array parameters).
+fn expected_micros(precondition: &Precondition) -> Option<String> {
+    precondition.0.as_ref().map(|times| {
+        let micros: Vec<i64> = times.iter().map(DateTime::timestamp_micros).collect();
+        serde_json::to_string(&micros).expect("integers serialize")
+    })
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> anyhow::Result<Self> {
         let connect_options = SqliteConnectOptions::from_str(url)
@@ -94,6 +103,10 @@ impl SqliteStore {
             .await
             .context("applying SQLite migrations failed")?;
         Ok(Self { pool })
+    }
+
+    async fn exists(&self, owner: &str, id: i64) -> StoreResult<bool> {
+        Ok(self.get(owner, id).await?.is_some())
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
@@ -158,51 +171,74 @@ impl TaskStore for SqliteStore {
         )
     }
 
-    async fn update(&self, owner: &str, id: i64, patch: &TaskPatch) -> StoreResult<Option<Task>> {
-        into_task(
-            sqlx::query_as(
-                "UPDATE tasks SET \
-                     title = COALESCE($3, title), \
-                     description = CASE WHEN $4 THEN $5 ELSE description END, \
-                     completed = COALESCE($6, completed), \
-                     updated_at = max($7, updated_at + 1) \
-                 WHERE id = $1 AND user_id = $2 \
-                 RETURNING id, user_id, title, description, completed, created_at, updated_at",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(&patch.title)
-            .bind(patch.description.is_some())
-            .bind(patch.description.clone().flatten())
-            .bind(patch.completed)
-            .bind(now_micros())
-            .fetch_optional(&self.pool)
-            .await?,
+    async fn update(
+        &self,
+        owner: &str,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        let row = sqlx::query_as(
+            "UPDATE tasks SET \
+                 title = COALESCE($3, title), \
+                 description = CASE WHEN $4 THEN $5 ELSE description END, \
+                 completed = COALESCE($6, completed), \
+                 updated_at = max($7, updated_at + 1) \
+             WHERE id = $1 AND user_id = $2 \
+               AND ($8 IS NULL OR updated_at IN (SELECT value FROM json_each($8))) \
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
+        .bind(id)
+        .bind(owner)
+        .bind(&patch.title)
+        .bind(patch.description.is_some())
+        .bind(patch.description.as_ref().and_then(Option::as_deref))
+        .bind(patch.completed)
+        .bind(now_micros())
+        .bind(expected_micros(precondition))
+        .fetch_optional(&self.pool)
+        .await?;
+        written(into_task(row)?, precondition, || self.exists(owner, id)).await
     }
 
-    async fn toggle_completed(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        into_task(
-            sqlx::query_as(
-                "UPDATE tasks SET completed = NOT completed, updated_at = max($3, updated_at + 1) \
-                 WHERE id = $1 AND user_id = $2 \
-                 RETURNING id, user_id, title, description, completed, created_at, updated_at",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(now_micros())
-            .fetch_optional(&self.pool)
-            .await?,
+    async fn toggle_completed(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        let row = sqlx::query_as(
+            "UPDATE tasks SET completed = NOT completed, updated_at = max($3, updated_at + 1) \
+             WHERE id = $1 AND user_id = $2 \
+               AND ($4 IS NULL OR updated_at IN (SELECT value FROM json_each($4))) \
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
+        .bind(id)
+        .bind(owner)
+        .bind(now_micros())
+        .bind(expected_micros(precondition))
+        .fetch_optional(&self.pool)
+        .await?;
+        written(into_task(row)?, precondition, || self.exists(owner, id)).await
     }
 
-    async fn delete(&self, owner: &str, id: i64) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM tasks WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() == 1)
+    async fn delete(
+        &self,
+        owner: &str,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<()>> {
+        let result = sqlx::query(
+            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
+               AND ($3 IS NULL OR updated_at IN (SELECT value FROM json_each($3)))",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(expected_micros(precondition))
+        .execute(&self.pool)
+        .await?;
+        let row = (result.rows_affected() == 1).then_some(());
+        written(row, precondition, || self.exists(owner, id)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
