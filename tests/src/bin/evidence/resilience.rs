@@ -5,6 +5,8 @@
 //!    return every acknowledged write with its acknowledged content, and nothing half-written.
 //! 2. Scale-out: two processes on one PostgreSQL, sharing nothing else: writes through one are
 //!    read through the other, and concurrent toggles through both end parity-correct.
+//! 3. Graceful shutdown: a request whose body is still arriving when SIGTERM comes is answered
+//!    (201) before the process exits cleanly.
 //!
 //! The servers log at debug level, and the logs are scanned for secrets afterwards.
 
@@ -30,6 +32,7 @@ pub async fn run() -> anyhow::Result<()> {
     let sqlite = format!("sqlite://{}", scratch.path().join("crash.db").display());
     crash_durability("sqlite", &binary, &sqlite, scratch.path(), &mut logs).await?;
     scale_out(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
+    graceful_shutdown(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
 
     let lines = server_process::scan_logs(&logs)?;
     println!(
@@ -268,5 +271,49 @@ async fn scale_out(
     let (mut a, mut b) = (a, b);
     a.stop()?;
     b.stop()?;
+    Ok(())
+}
+
+async fn graceful_shutdown(
+    binary: &std::path::Path,
+    database_url: &str,
+    scratch: &std::path::Path,
+    logs: &mut Vec<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+
+    let log = scratch.join("graceful.log");
+    logs.push(log.clone());
+    let mut server = ServerProcess::start(binary, database_url, log).await?;
+    let name = user("graceful");
+    // A create whose body trickles in over ~600 ms, so that it is in flight at the signal.
+    let chunks = ["{\"title\": ", "\"in flight ", "at shutdown\"}"];
+    let body = futures::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let request = client_sdk::http_client_builder()
+        .build()?
+        .post(format!("{}/api/tasks", server.base_url))
+        .bearer_auth(token(&name))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    server.terminate()?;
+    let response = in_flight.await??;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::CREATED,
+        "the in-flight request got {} instead of 201",
+        response.status()
+    );
+    server.wait_for_exit()?;
+    println!(
+        "graceful shutdown: a request in flight at SIGTERM was answered 201; the process exited \
+         cleanly {:?} after the signal",
+        signalled.elapsed()
+    );
     Ok(())
 }

@@ -93,8 +93,20 @@ impl ServerProcess {
 
     /// SIGTERM, then wait for the graceful shutdown.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
-        let status = self.child.wait()?;
+        self.terminate()?;
+        self.wait_for_exit()
+    }
+
+    /// Sends SIGTERM: the server stops accepting and lets in-flight requests finish.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, which must be cleanly.
+    pub fn wait_for_exit(&mut self) -> anyhow::Result<()> {
+        let status = tokio::task::block_in_place(|| self.child.wait())?;
         anyhow::ensure!(status.success(), "the server did not shut down cleanly: {status}");
         Ok(())
     }
