@@ -33,7 +33,10 @@ pub enum LogFormat {
 pub struct Config {
     /// May carry a password, so it is a secret too.
     pub database_url: Secret<String>,
-    pub auth_secret: Secret<Vec<u8>>,
+    /// The HS256 key shared with Better Auth, if tokens are signed with it.
+    pub auth_secret: Option<Secret<Vec<u8>>>,
+    /// Better Auth's JWKS, if its JWT plugin signs tokens with a key pair.
+    pub jwks_url: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Origins allowed by CORS: `BETTER_AUTH_URL` and `CORS_ORIGINS`.
@@ -84,12 +87,19 @@ impl Config {
         }
 
         let auth_secret = get("BETTER_AUTH_SECRET");
-        if auth_secret.is_none() {
-            problems.push(if get("BETTER_AUTH_JWKS_URL").is_some() {
-                "BETTER_AUTH_JWKS_URL is not supported yet: set BETTER_AUTH_SECRET".to_owned()
-            } else {
-                "BETTER_AUTH_SECRET is not set (the HS256 key shared with Better Auth)".to_owned()
-            });
+        let jwks_url = get("BETTER_AUTH_JWKS_URL");
+        if auth_secret.is_none() && jwks_url.is_none() {
+            problems.push(
+                "set BETTER_AUTH_SECRET (the HS256 key shared with Better Auth) or \
+                 BETTER_AUTH_JWKS_URL (its JWT plugin's key set)"
+                    .to_owned(),
+            );
+        }
+        if jwks_url
+            .as_deref()
+            .is_some_and(|url| !url.starts_with("https://") && !url.starts_with("http://"))
+        {
+            problems.push("BETTER_AUTH_JWKS_URL must be an http(s) URL".to_owned());
         }
 
         let mut cors_origins = Vec::new();
@@ -139,7 +149,8 @@ impl Config {
         }
         Ok(Config {
             database_url: Secret::new(database_url),
-            auth_secret: Secret::new(auth_secret.unwrap_or_default().into_bytes()),
+            auth_secret: auth_secret.map(|secret| Secret::new(secret.into_bytes())),
+            jwks_url,
             issuer: get("JWT_ISSUER"),
             audience: get("JWT_AUDIENCE"),
             cors_origins,
@@ -153,7 +164,7 @@ impl Config {
     /// Warnings that should not stop the server.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.auth_secret.expose().len() < RECOMMENDED_SECRET_BYTES {
+        if self.auth_secret.as_ref().is_some_and(|s| s.expose().len() < RECOMMENDED_SECRET_BYTES) {
             warnings.push(format!(
                 "BETTER_AUTH_SECRET is shorter than {RECOMMENDED_SECRET_BYTES} bytes: use a longer random secret"
             ));
@@ -227,6 +238,16 @@ mod tests {
         assert_eq!(err.0.len(), 4, "{err}");
         assert!(err.to_string().contains("BETTER_AUTH_SECRET"));
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn either_key_source_will_do() {
+        let jwks =
+            config(&[("BETTER_AUTH_JWKS_URL", "http://localhost:3000/api/auth/jwks")]).unwrap();
+        assert!(jwks.auth_secret.is_none());
+        assert_eq!(jwks.jwks_url.as_deref(), Some("http://localhost:3000/api/auth/jwks"));
+        let err = config(&[("BETTER_AUTH_JWKS_URL", "localhost/jwks")]).unwrap_err();
+        assert!(err.to_string().contains("BETTER_AUTH_JWKS_URL"));
     }
 
     #[test]

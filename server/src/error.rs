@@ -59,8 +59,9 @@ impl FieldError {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// Build it with `From<AuthError>`, which turns an unavailable key set into a 503.
     #[error("{0}")]
-    Unauthorized(#[from] AuthError),
+    Unauthorized(AuthError),
     #[error("forbidden")]
     Forbidden,
     #[error("{0}")]
@@ -91,7 +92,9 @@ impl ApiError {
                 "missing bearer token in the Authorization header".into()
             }
             ApiError::Unauthorized(AuthError::Expired) => "token expired".into(),
-            ApiError::Unauthorized(AuthError::Invalid(_)) => "invalid token".into(),
+            ApiError::Unauthorized(AuthError::Invalid(_) | AuthError::KeysUnavailable) => {
+                "invalid token".into()
+            }
             ApiError::Forbidden => "the user in the path is not the authenticated user".into(),
             ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
@@ -170,7 +173,7 @@ impl ResponseError for ApiError {
                     ),
                 );
             }
-            ApiError::Unauthorized(AuthError::Invalid(_)) => {
+            ApiError::Unauthorized(AuthError::Invalid(_) | AuthError::KeysUnavailable) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"tasks\", error=\"invalid_token\""),
@@ -182,6 +185,15 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::KeysUnavailable => ApiError::Unavailable,
+            other => ApiError::Unauthorized(other),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use poem::{
 };
 
 use crate::{
-    auth::{ClaimRules, SharedSecretVerifier, Verifier},
+    auth::{ClaimRules, REFETCH_INTERVAL, Verifier},
     config::Config,
     store::{ConnectOptions, TaskStore},
 };
@@ -41,10 +41,16 @@ impl AppState {
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
-        let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
-        let verifier = Arc::new(SharedSecretVerifier::new(config.auth_secret.expose(), &rules));
-        Ok(Self { store, verifier })
+        Ok(Self { store, verifier: verifier(config)? })
     }
+}
+
+/// The configured key sources: the shared secret, Better Auth's JWKS, or both.
+fn verifier(config: &Config) -> anyhow::Result<Arc<dyn Verifier>> {
+    let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
+    let secret = config.auth_secret.as_ref().map(|secret| secret.expose().as_slice());
+    let jwks = config.jwks_url.as_deref().map(|url| (url, REFETCH_INTERVAL));
+    auth::key_sources(secret, jwks, &rules)
 }
 
 /// How long in-flight requests may take to finish after a shutdown signal.

@@ -103,7 +103,10 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
     }
     let subject = subject.ok_or_else(|| anyhow::anyhow!(USAGE))?;
     let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
-    let token = issue_dev_token(config.auth_secret.expose(), &subject, ttl.as_secs(), &rules)?;
+    let secret = config.auth_secret.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("dev tokens are signed with BETTER_AUTH_SECRET, which is not set")
+    })?;
+    let token = issue_dev_token(secret.expose(), &subject, ttl.as_secs(), &rules)?;
     println!("{token}");
     Ok(())
 }

@@ -5,16 +5,12 @@
 pub mod logs;
 pub mod postgres;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
-use server::{
-    AppState,
-    auth::{ClaimRules, SharedSecretVerifier},
-    store::ConnectOptions,
-};
+use server::{AppState, auth::ClaimRules, store::ConnectOptions};
 use tokio::sync::oneshot;
 
 pub use postgres::PgCluster;
@@ -64,6 +60,10 @@ impl Database {
 pub struct Options {
     pub cors_origins: Vec<String>,
     pub rules: ClaimRules,
+    /// A JWKS URL and its refetch interval, as a second (or the only) key source.
+    pub jwks: Option<(String, std::time::Duration)>,
+    /// Leave out the shared secret (JWKS only).
+    pub no_shared_secret: bool,
 }
 
 impl TestServer {
@@ -86,7 +86,10 @@ impl TestServer {
         let store = server::store::connect(database_url, &ConnectOptions::default())
             .await
             .expect("connect the store");
-        let verifier = Arc::new(SharedSecretVerifier::new(SECRET.as_bytes(), &options.rules));
+        let secret = (!options.no_shared_secret).then_some(SECRET.as_bytes());
+        let jwks = options.jwks.as_ref().map(|(url, interval)| (url.as_str(), *interval));
+        let verifier =
+            server::auth::key_sources(secret, jwks, &options.rules).expect("key sources");
         let app =
             server::app(AppState { store, verifier }, &options.cors_origins).around(scan_response);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");

@@ -27,7 +27,7 @@ async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let state = req.data::<AppState>().ok_or(ApiError::Internal)?;
     let reject = |err: AuthError| {
         tracing::warn!(reason = %err, "rejected bearer token");
-        ApiError::Unauthorized(err)
+        ApiError::from(err)
     };
     if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
         return Err(reject(AuthError::Invalid("more than one Authorization header".into())).into());

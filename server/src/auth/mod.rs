@@ -4,12 +4,14 @@
 //! added beside the shared secret without touching the handlers. The reason a token was rejected
 //! is kept in [`AuthError`] for the log; the client only learns "expired" or "invalid token".
 
+mod jwks;
 mod shared_secret;
 
 use async_trait::async_trait;
-use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
+pub use jwks::{JwksVerifier, REFETCH_INTERVAL};
 pub use shared_secret::{SharedSecretVerifier, issue_dev_token};
 
 /// Longest subject we accept; the database column has the same bound.
@@ -28,12 +30,54 @@ pub enum AuthError {
     /// The reason is for the log only.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// No key set could be had from the JWKS endpoint: the token cannot be judged (503).
+    #[error("no JWKS key set is available")]
+    KeysUnavailable,
 }
 
 /// Turns a bearer token into the subject it was issued to.
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
     async fn verify(&self, token: &str) -> Result<String, AuthError>;
+}
+
+/// The verifier for the key sources given: an HS256 shared secret, a JWKS URL (with its
+/// refetch interval), or both.
+pub fn key_sources(
+    secret: Option<&[u8]>,
+    jwks: Option<(&str, std::time::Duration)>,
+    rules: &ClaimRules,
+) -> anyhow::Result<std::sync::Arc<dyn Verifier>> {
+    let shared_secret = secret.map(|secret| SharedSecretVerifier::new(secret, rules));
+    let jwks = match jwks {
+        Some((url, refetch_interval)) => Some(JwksVerifier::new(url, rules, refetch_interval)?),
+        None => None,
+    };
+    Ok(match (shared_secret, jwks) {
+        (Some(shared_secret), Some(jwks)) => {
+            std::sync::Arc::new(EitherKeySource { shared_secret, jwks })
+        }
+        (Some(shared_secret), None) => std::sync::Arc::new(shared_secret),
+        (None, Some(jwks)) => std::sync::Arc::new(jwks),
+        (None, None) => anyhow::bail!("set BETTER_AUTH_SECRET or BETTER_AUTH_JWKS_URL"),
+    })
+}
+
+/// Both key sources at once: HMAC tokens go to the shared secret, the others to the JWKS.
+pub struct EitherKeySource {
+    pub shared_secret: SharedSecretVerifier,
+    pub jwks: JwksVerifier,
+}
+
+#[async_trait]
+impl Verifier for EitherKeySource {
+    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(classify)?;
+        match header.alg.family() {
+            AlgorithmFamily::Hmac => self.shared_secret.verify(token).await,
+            _ => self.jwks.verify(token).await,
+        }
+    }
 }
 
 /// The issuer and audience to enforce, when configured.
