@@ -24,7 +24,7 @@ use crate::{auth::AuthError, store::StoreError};
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// Seconds a client should wait after a 503.
-const RETRY_AFTER_SECS: &str = "2";
+pub const RETRY_AFTER_SECS: &str = "2";
 
 /// An RFC 9457 problem details body.
 #[derive(Debug, Clone, Object)]

@@ -52,7 +52,7 @@ impl HealthApi {
                 tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
                 HealthResponse::Unhealthy(
                     Json(Health { status: "unhealthy".into(), database: "unreachable".into() }),
-                    "2".into(),
+                    crate::error::RETRY_AFTER_SECS.into(),
                 )
             }
         }
