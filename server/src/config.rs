@@ -111,6 +111,7 @@ impl Config {
                     continue;
                 }
                 match normalize_origin(origin) {
+                    Some(origin) if cors_origins.contains(&origin) => {}
                     Some(origin) => cors_origins.push(origin),
                     None => {
                         problems.push(format!("{name} must hold http(s)://host[:port] origins"))
@@ -118,7 +119,6 @@ impl Config {
                 }
             }
         }
-        cors_origins.dedup();
 
         let host = get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
         let host = host.parse().unwrap_or_else(|_| {
@@ -216,7 +216,7 @@ mod tests {
             ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
             ("NEON_DATABASE_URL", "postgres://u:p@h/db?sslmode=require"),
             ("BETTER_AUTH_URL", "http://localhost:3000/"),
-            ("CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("CORS_ORIGINS", "https://a.example, http://localhost:3000, https://b.example"),
         ])
         .unwrap();
         assert!(config.database_url.expose().starts_with("postgres://"));

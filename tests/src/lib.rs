@@ -5,8 +5,6 @@
 pub mod logs;
 pub mod postgres;
 
-use std::net::SocketAddr;
-
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
@@ -27,8 +25,6 @@ pub enum Backend {
 /// A running server and the database behind it; stops when dropped.
 pub struct TestServer {
     pub base_url: String,
-    pub address: SocketAddr,
-    pub backend: Backend,
     /// The database the server uses (tests may inspect or tweak it directly).
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
@@ -75,7 +71,6 @@ impl TestServer {
     pub async fn start_with(backend: Backend, options: Options) -> Self {
         let database = Database::fresh(backend).await;
         let mut server = Self::start_on(&database.url, options).await;
-        server.backend = backend;
         server._database = Some(database);
         server
     }
@@ -102,12 +97,6 @@ impl TestServer {
         // spawned: connections made now wait in the backlog.
         Self {
             base_url: format!("http://{address}"),
-            address,
-            backend: if database_url.starts_with("sqlite") {
-                Backend::Sqlite
-            } else {
-                Backend::Postgres
-            },
             database_url: database_url.to_owned(),
             shutdown: Some(shutdown),
             _database: None,

@@ -10,8 +10,6 @@ mod validation;
 
 use poem_openapi::{OpenApiService, Tags};
 
-pub use security::Caller;
-
 #[derive(Tags)]
 pub enum ApiTags {
     /// Your tasks; the owner is the token's subject.

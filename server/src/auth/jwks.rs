@@ -14,7 +14,7 @@ use std::{
 
 use async_trait::async_trait;
 use jsonwebtoken::{
-    Algorithm, DecodingKey, Validation,
+    Algorithm, DecodingKey, Header, Validation,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet},
 };
 use serde_json::{Map, Value};
@@ -162,15 +162,26 @@ fn verifying_key(jwk: &Jwk, rules: &ClaimRules) -> Option<VerifyingKey> {
     Some(VerifyingKey { key, validation: rules.validation(&[algorithm]) })
 }
 
-#[async_trait]
-impl Verifier for JwksVerifier {
-    async fn verify(&self, token: &str) -> Result<String, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(classify)?;
+impl JwksVerifier {
+    /// `verify`, for a caller that has parsed the header already.
+    pub(super) async fn verify_parsed(
+        &self,
+        token: &str,
+        header: Header,
+    ) -> Result<String, AuthError> {
         check_key_id(&header)?;
         let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid in the header".into()))?;
         let key = self.key(&kid).await?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)
             .map_err(classify)?;
         subject_from_claims(&data.claims)
+    }
+}
+
+#[async_trait]
+impl Verifier for JwksVerifier {
+    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(classify)?;
+        self.verify_parsed(token, header).await
     }
 }

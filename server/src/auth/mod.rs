@@ -75,7 +75,7 @@ impl Verifier for EitherKeySource {
         let header = jsonwebtoken::decode_header(token).map_err(classify)?;
         match header.alg.family() {
             AlgorithmFamily::Hmac => self.shared_secret.verify(token).await,
-            _ => self.jwks.verify(token).await,
+            _ => self.jwks.verify_parsed(token, header).await,
         }
     }
 }

@@ -11,9 +11,9 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use deadline::Deadline;
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+use deadline::Deadline;
+use postgres::PostgresStore;
+use sqlite::SqliteStore;
 
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
