@@ -3,6 +3,8 @@
 
 use std::{fmt, net::IpAddr};
 
+use crate::auth::{ClaimRules, JwksSettings, JwksTiming, KeySources};
+
 /// A value that must never reach a log: its `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
@@ -37,8 +39,10 @@ pub struct Config {
     pub auth_secret: Option<Secret<Vec<u8>>>,
     /// Better Auth's JWKS, if its JWT plugin signs tokens with a key pair.
     pub jwks_url: Option<String>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE`: enforced on every token when set.
+    pub claim_overrides: ClaimRules,
+    /// `BETTER_AUTH_URL`, Better Auth's base URL: its JWT plugin's `iss` and `aud`.
+    pub better_auth_url: Option<String>,
     /// Origins allowed by CORS: `BETTER_AUTH_URL` and `CORS_ORIGINS`.
     pub cors_origins: Vec<String>,
     pub host: IpAddr,
@@ -102,6 +106,19 @@ impl Config {
             problems.push("BETTER_AUTH_JWKS_URL must be an http(s) URL".to_owned());
         }
 
+        let claim_overrides =
+            ClaimRules { issuer: get("JWT_ISSUER"), audience: get("JWT_AUDIENCE") };
+        let better_auth_url =
+            get("BETTER_AUTH_URL").map(|url| url.trim_end_matches('/').to_owned());
+        let jwks_rules = jwks_rules(&claim_overrides, better_auth_url.as_deref());
+        if jwks_url.is_some() && (jwks_rules.issuer.is_none() || jwks_rules.audience.is_none()) {
+            problems.push(
+                "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL (Better Auth's base URL, which its \
+                 tokens carry as iss and aud), or both JWT_ISSUER and JWT_AUDIENCE"
+                    .to_owned(),
+            );
+        }
+
         let mut cors_origins = Vec::new();
         for (name, value) in
             [("BETTER_AUTH_URL", get("BETTER_AUTH_URL")), ("CORS_ORIGINS", get("CORS_ORIGINS"))]
@@ -151,14 +168,31 @@ impl Config {
             database_url: Secret::new(database_url),
             auth_secret: auth_secret.map(|secret| Secret::new(secret.into_bytes())),
             jwks_url,
-            issuer: get("JWT_ISSUER"),
-            audience: get("JWT_AUDIENCE"),
+            claim_overrides,
+            better_auth_url,
             cors_origins,
             host,
             port,
             log_format,
             statement_cache_capacity,
         })
+    }
+
+    /// The key sources to verify tokens with. HS256 tokens are held to `JWT_ISSUER` /
+    /// `JWT_AUDIENCE` only when those are set (the seeds' frontends mint them without);
+    /// JWKS tokens, which only Better Auth's JWT plugin mints, to its base URL by default.
+    pub fn key_sources(&self) -> KeySources {
+        KeySources {
+            shared_secret: self
+                .auth_secret
+                .as_ref()
+                .map(|secret| (secret.expose().clone(), self.claim_overrides.clone())),
+            jwks: self.jwks_url.as_ref().map(|url| JwksSettings {
+                url: url.clone(),
+                rules: jwks_rules(&self.claim_overrides, self.better_auth_url.as_deref()),
+                timing: JwksTiming::default(),
+            }),
+        }
     }
 
     /// Warnings that should not stop the server.
@@ -175,6 +209,15 @@ impl Config {
             );
         }
         warnings
+    }
+}
+
+/// The issuer and audience of JWKS tokens: the overrides, else Better Auth's base URL, which
+/// its JWT plugin puts in both.
+fn jwks_rules(overrides: &ClaimRules, better_auth_url: Option<&str>) -> ClaimRules {
+    ClaimRules {
+        issuer: overrides.issuer.clone().or_else(|| better_auth_url.map(str::to_owned)),
+        audience: overrides.audience.clone().or_else(|| better_auth_url.map(str::to_owned)),
     }
 }
 
@@ -242,12 +285,54 @@ mod tests {
 
     #[test]
     fn either_key_source_will_do() {
-        let jwks =
-            config(&[("BETTER_AUTH_JWKS_URL", "http://localhost:3000/api/auth/jwks")]).unwrap();
+        let jwks = config(&[
+            ("BETTER_AUTH_JWKS_URL", "http://localhost:3000/api/auth/jwks"),
+            ("BETTER_AUTH_URL", "http://localhost:3000"),
+        ])
+        .unwrap();
         assert!(jwks.auth_secret.is_none());
         assert_eq!(jwks.jwks_url.as_deref(), Some("http://localhost:3000/api/auth/jwks"));
         let err = config(&[("BETTER_AUTH_JWKS_URL", "localhost/jwks")]).unwrap_err();
         assert!(err.to_string().contains("BETTER_AUTH_JWKS_URL"));
+    }
+
+    #[test]
+    fn jwks_tokens_are_held_to_better_auths_base_url_unless_overridden() {
+        const JWKS: (&str, &str) = ("BETTER_AUTH_JWKS_URL", "https://auth.example/api/auth/jwks");
+        let sources = config(&[
+            JWKS,
+            ("BETTER_AUTH_URL", "https://app.example/"),
+            ("BETTER_AUTH_SECRET", "s"),
+        ])
+        .unwrap()
+        .key_sources();
+        let app = Some("https://app.example".to_owned());
+        let jwks = sources.jwks.unwrap();
+        assert_eq!(jwks.rules, ClaimRules { issuer: app.clone(), audience: app.clone() });
+        assert_eq!(jwks.timing, JwksTiming::default());
+        // The shared secret's tokens keep the old rule: enforced only when configured.
+        assert_eq!(sources.shared_secret.unwrap().1, ClaimRules::default());
+
+        let overridden = config(&[
+            JWKS,
+            ("BETTER_AUTH_URL", "https://app.example"),
+            ("JWT_ISSUER", "https://issuer.example"),
+        ])
+        .unwrap()
+        .key_sources();
+        let rules = overridden.jwks.unwrap().rules;
+        assert_eq!(rules.issuer.as_deref(), Some("https://issuer.example"));
+        assert_eq!(rules.audience, app);
+
+        let both = config(&[JWKS, ("JWT_ISSUER", "i"), ("JWT_AUDIENCE", "a")]).unwrap();
+        assert_eq!(both.key_sources().jwks.unwrap().rules.audience.as_deref(), Some("a"));
+
+        // A JWKS verifier that would check no issuer is a misconfiguration.
+        for vars in [&[JWKS][..], &[JWKS, ("JWT_ISSUER", "i")][..]] {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert!(err.0[0].contains("BETTER_AUTH_URL") && err.0[0].contains("JWT_ISSUER"));
+        }
     }
 
     #[test]

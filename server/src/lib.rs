@@ -21,7 +21,7 @@ use poem::{
 };
 
 use crate::{
-    auth::{ClaimRules, REFETCH_INTERVAL, Verifier},
+    auth::Verifier,
     config::Config,
     store::{ConnectOptions, TaskStore},
 };
@@ -34,23 +34,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Connects to the configured database (migrating it) and sets up token verification.
+    /// Sets up token verification (a JWKS starts loading in the background at once) and
+    /// connects to the configured database, migrating it.
     pub async fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let verifier = auth::verifier(config.key_sources())?;
         let options = ConnectOptions {
             statement_cache_capacity: config.statement_cache_capacity,
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
-        Ok(Self { store, verifier: verifier(config)? })
+        Ok(Self { store, verifier })
     }
-}
-
-/// The configured key sources: the shared secret, Better Auth's JWKS, or both.
-fn verifier(config: &Config) -> anyhow::Result<Arc<dyn Verifier>> {
-    let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
-    let secret = config.auth_secret.as_ref().map(|secret| secret.expose().as_slice());
-    let jwks = config.jwks_url.as_deref().map(|url| (url, REFETCH_INTERVAL));
-    auth::key_sources(secret, jwks, &rules)
 }
 
 /// How long in-flight requests may take to finish after a shutdown signal.

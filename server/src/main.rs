@@ -3,11 +3,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use server::{
-    AppState,
-    auth::{ClaimRules, issue_dev_token},
-    config::Config,
-};
+use server::{AppState, auth::issue_dev_token, config::Config};
 
 const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h]";
 
@@ -102,11 +98,10 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
         }
     }
     let subject = subject.ok_or_else(|| anyhow::anyhow!(USAGE))?;
-    let rules = ClaimRules { issuer: config.issuer.clone(), audience: config.audience.clone() };
     let secret = config.auth_secret.as_ref().ok_or_else(|| {
         anyhow::anyhow!("dev tokens are signed with BETTER_AUTH_SECRET, which is not set")
     })?;
-    let token = issue_dev_token(secret.expose(), &subject, ttl.as_secs(), &rules)?;
+    let token = issue_dev_token(secret.expose(), &subject, ttl.as_secs(), &config.claim_overrides)?;
     println!("{token}");
     Ok(())
 }

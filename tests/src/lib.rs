@@ -8,7 +8,11 @@ pub mod postgres;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
-use server::{AppState, auth::ClaimRules, store::ConnectOptions};
+use server::{
+    AppState,
+    auth::{ClaimRules, JwksSettings, KeySources},
+    store::ConnectOptions,
+};
 use tokio::sync::oneshot;
 
 pub use postgres::PgCluster;
@@ -55,9 +59,10 @@ impl Database {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub cors_origins: Vec<String>,
+    /// The issuer and audience enforced on shared-secret tokens.
     pub rules: ClaimRules,
-    /// A JWKS URL and its refetch interval, as a second (or the only) key source.
-    pub jwks: Option<(String, std::time::Duration)>,
+    /// Better Auth's JWKS, as a second (or the only) key source.
+    pub jwks: Option<JwksSettings>,
     /// Leave out the shared secret (JWKS only).
     pub no_shared_secret: bool,
 }
@@ -81,10 +86,12 @@ impl TestServer {
         let store = server::store::connect(database_url, &ConnectOptions::default())
             .await
             .expect("connect the store");
-        let secret = (!options.no_shared_secret).then_some(SECRET.as_bytes());
-        let jwks = options.jwks.as_ref().map(|(url, interval)| (url.as_str(), *interval));
-        let verifier =
-            server::auth::key_sources(secret, jwks, &options.rules).expect("key sources");
+        let sources = KeySources {
+            shared_secret: (!options.no_shared_secret)
+                .then(|| (SECRET.as_bytes().to_vec(), options.rules.clone())),
+            jwks: options.jwks.clone(),
+        };
+        let verifier = server::auth::verifier(sources).expect("key sources");
         let app =
             server::app(AppState { store, verifier }, &options.cors_origins).around(scan_response);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");

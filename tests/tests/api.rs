@@ -93,8 +93,9 @@ async fn health_reports_the_database(backend: Backend) {
     let server = TestServer::start(backend).await;
     let health = server.anonymous().health().send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    assert_eq!(health.status, "healthy");
-    assert_eq!(health.database, "ok");
+    assert_eq!(health.status, client_sdk::types::HealthStatus::Healthy);
+    assert_eq!(health.database, client_sdk::types::DatabaseStatus::Ok);
+    assert_eq!(health.jwks, None, "no jwks field without a JWKS");
 }
 
 async fn docs_and_spec_are_served(backend: Backend) {

@@ -18,7 +18,10 @@ pub struct Caller {
     pub user_id: String,
 }
 
-/// A JWT issued by Better Auth, sent as `Authorization: Bearer <token>`.
+/// A JWT issued by Better Auth, sent as `Authorization: Bearer <token>`: HS256 with the secret
+/// shared with Better Auth, or signed by its JWT plugin's key pair (EdDSA, ES256, RS256, PS256;
+/// verified by `kid` against its JWKS, with `iss` and `aud` equal to Better Auth's base URL).
+/// `exp` is required; the user id is `sub`.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
 pub struct BearerAuth(pub Caller);

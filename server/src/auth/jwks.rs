@@ -1,15 +1,21 @@
 //! Better Auth's JWT plugin: asymmetric tokens (EdDSA by default; ES256, RS256, PS256 possible)
 //! verified against the key set it publishes (`{BETTER_AUTH_URL}/api/auth/jwks`), by `kid`.
 //!
-//! Keys are cached. An unknown `kid` triggers a refetch at most once per `refetch_interval`
-//! (30 s in production), so made-up kids cannot turn us into a flood against the auth server;
-//! key rotation is picked up on the first token that carries the new kid after that. A failed
-//! fetch never lets a token through: without any key set yet it is a 503, otherwise a 401.
+//! The key set is fetched at start, in the background (a failure is logged, never fatal), and
+//! refreshed in the background when the key set's `Cache-Control: max-age` runs out (bounded, an
+//! hour by default), so a removed key stops being accepted after the next refresh. An unknown
+//! `kid` triggers a refetch at most once per `refetch_interval` (30 s in production), failed
+//! fetches included once a key set has loaded, so made-up kids or an auth server having a
+//! hiccup cannot turn us into a flood against it. A failed fetch never lets a token through:
+//! without any key set yet it is a 503, otherwise a 401.
 
 use std::{
     collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -17,34 +23,92 @@ use jsonwebtoken::{
     Algorithm, DecodingKey, Header, Validation,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet},
 };
+use reqwest::header::CACHE_CONTROL;
 use serde_json::{Map, Value};
-use tokio::sync::{Mutex, RwLock};
+use tokio::{
+    sync::{Mutex, RwLock},
+    time::Instant,
+};
 
 use super::{AuthError, ClaimRules, Verifier, check_key_id, classify, subject_from_claims};
 
-/// Production's pause between refetches triggered by unknown kids.
-pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
-/// After a failed fetch with no keys at all, the next request may try again this soon.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// While no key set has ever loaded, a request may try again this soon after a failed fetch.
+const RETRY_BEFORE_FIRST_LOAD: Duration = Duration::from_secs(2);
 /// A fetch must answer within this, so that a request waiting on it still gets its 503 fast.
 const FETCH_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Where the key set is, and which claims its tokens must carry.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    pub url: String,
+    /// In JWKS mode, issuer and audience default to `BETTER_AUTH_URL` (see `config`).
+    pub rules: ClaimRules,
+    pub timing: JwksTiming,
+}
+
+/// How often the key set may and should be fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksTiming {
+    /// The least time between two fetches once a key set has loaded.
+    pub refetch_interval: Duration,
+    /// Bounds on the background refresh period that `Cache-Control: max-age` sets.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    /// The refresh period when the key set's response says nothing about caching.
+    pub default_refresh: Duration,
+}
+
+impl Default for JwksTiming {
+    fn default() -> Self {
+        Self {
+            refetch_interval: Duration::from_secs(30),
+            min_refresh: Duration::from_secs(5 * 60),
+            max_refresh: Duration::from_secs(24 * 60 * 60),
+            default_refresh: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl JwksTiming {
+    /// The background refresh period a key set response asks for, within our bounds.
+    fn refresh_period(&self, cache_control: Option<&str>) -> Duration {
+        let directives = || cache_control.into_iter().flat_map(|v| v.split(',')).map(str::trim);
+        if directives()
+            .any(|d| d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store"))
+        {
+            return self.min_refresh;
+        }
+        let max_age = directives().find_map(|directive| {
+            let (name, value) = directive.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("max-age")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+        });
+        match max_age {
+            Some(seconds) => Duration::from_secs(seconds).clamp(self.min_refresh, self.max_refresh),
+            None => self.default_refresh,
+        }
+    }
+}
 
 pub struct JwksVerifier {
     url: String,
     http: reqwest::Client,
     rules: ClaimRules,
-    refetch_interval: Duration,
+    timing: JwksTiming,
     cache: RwLock<KeyCache>,
+    /// Whether a key set has ever loaded (read without a lock by `/health`).
+    loaded: AtomicBool,
     /// One fetch at a time; the others wait for its result.
     fetching: Mutex<()>,
 }
 
-#[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, Arc<VerifyingKey>>,
-    /// When the last fetch (successful or not) finished, and whether it succeeded.
-    last_fetch: Option<(Instant, bool)>,
-    loaded: bool,
+    /// When the last fetch (successful or not) finished.
+    last_fetch: Option<Instant>,
+    /// When the background refresher fetches next.
+    next_refresh: Instant,
 }
 
 struct VerifyingKey {
@@ -54,57 +118,88 @@ struct VerifyingKey {
 }
 
 impl JwksVerifier {
-    pub fn new(url: &str, rules: &ClaimRules, refetch_interval: Duration) -> anyhow::Result<Self> {
+    /// The verifier, with its background refresher started (it needs a Tokio runtime). The
+    /// refresher holds only a weak reference: it ends when the verifier is dropped.
+    pub fn start(settings: JwksSettings) -> anyhow::Result<Arc<Self>> {
         // reqwest is built without a bundled crypto provider; use ring, as sqlx does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build()?;
-        Ok(Self {
-            url: url.to_owned(),
+        let verifier = Arc::new(Self {
+            url: settings.url,
             http,
-            rules: rules.clone(),
-            refetch_interval,
-            cache: RwLock::default(),
+            rules: settings.rules,
+            timing: settings.timing,
+            cache: RwLock::new(KeyCache {
+                keys: HashMap::new(),
+                last_fetch: None,
+                next_refresh: Instant::now(),
+            }),
+            loaded: AtomicBool::new(false),
             fetching: Mutex::default(),
-        })
+        });
+        tokio::spawn(refresh_in_background(Arc::downgrade(&verifier)));
+        Ok(verifier)
+    }
+
+    /// Whether a key set has loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
-        if let Some(key) = self.cache.read().await.keys.get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.cached(kid).await {
+            return Ok(key);
         }
         let _fetching = self.fetching.lock().await;
-        {
-            // Someone else may have fetched while we waited for the lock.
-            let cache = self.cache.read().await;
-            if let Some(key) = cache.keys.get(kid) {
-                return Ok(key.clone());
-            }
-            if let Some((at, succeeded)) = cache.last_fetch {
-                let pause = if succeeded { self.refetch_interval } else { RETRY_AFTER_FAILURE };
-                if at.elapsed() < pause {
-                    return Err(unknown(kid, cache.loaded));
-                }
-            }
+        // Someone else may have fetched while we waited for the lock.
+        if let Some(key) = self.cached(kid).await {
+            return Ok(key);
         }
+        let last_fetch = self.cache.read().await.last_fetch;
+        let pause =
+            if self.is_loaded() { self.timing.refetch_interval } else { RETRY_BEFORE_FIRST_LOAD };
+        if last_fetch.is_none_or(|at| at.elapsed() >= pause) {
+            self.fetch_and_store().await;
+        }
+        self.cached(kid).await.ok_or_else(|| unknown(kid, self.is_loaded()))
+    }
+
+    async fn cached(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        self.cache.read().await.keys.get(kid).cloned()
+    }
+
+    /// One fetch (the caller holds `fetching`): on success the new set replaces the old one
+    /// whole, so a key removed from the set is gone; either way the next background refresh is
+    /// scheduled.
+    async fn fetch_and_store(&self) {
         let fetched = self.fetch().await;
         let mut cache = self.cache.write().await;
+        let now = Instant::now();
+        cache.last_fetch = Some(now);
         match fetched {
-            Ok(keys) => {
-                tracing::info!(keys = keys.len(), "fetched the JWKS");
+            Ok((keys, refresh_period)) => {
+                tracing::info!(
+                    keys = keys.len(),
+                    refresh_in_secs = refresh_period.as_secs(),
+                    "fetched the JWKS"
+                );
                 cache.keys = keys;
-                cache.loaded = true;
-                cache.last_fetch = Some((Instant::now(), true));
+                cache.next_refresh = now + refresh_period;
+                self.loaded.store(true, Ordering::Release);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "fetching the JWKS failed");
-                cache.last_fetch = Some((Instant::now(), false));
+                cache.next_refresh = now + self.timing.refetch_interval;
             }
         }
-        cache.keys.get(kid).cloned().ok_or_else(|| unknown(kid, cache.loaded))
     }
 
-    async fn fetch(&self) -> anyhow::Result<HashMap<String, Arc<VerifyingKey>>> {
-        let set: JwkSet = self.http.get(&self.url).send().await?.error_for_status()?.json().await?;
+    async fn fetch(&self) -> anyhow::Result<(HashMap<String, Arc<VerifyingKey>>, Duration)> {
+        let response = self.http.get(&self.url).send().await?.error_for_status()?;
+        let cache_control =
+            response.headers().get(CACHE_CONTROL).and_then(|value| value.to_str().ok());
+        let refresh_period = self.timing.refresh_period(cache_control);
+        let set: JwkSet = response.json().await?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = jwk.common.key_id.clone() else { continue };
@@ -117,7 +212,26 @@ impl JwksVerifier {
                 }
             }
         }
-        Ok(keys)
+        Ok((keys, refresh_period))
+    }
+}
+
+/// Fetches the key set at start, then whenever the last fetch's refresh time comes, until the
+/// verifier is dropped. Never holds the verifier while sleeping.
+async fn refresh_in_background(verifier: Weak<JwksVerifier>) {
+    loop {
+        let Some(strong) = verifier.upgrade() else { return };
+        let due = strong.cache.read().await.next_refresh;
+        if Instant::now() >= due {
+            let _fetching = strong.fetching.lock().await;
+            // A request may have fetched while we waited, moving the refresh time on.
+            if Instant::now() >= strong.cache.read().await.next_refresh {
+                strong.fetch_and_store().await;
+            }
+            continue;
+        }
+        drop(strong);
+        tokio::time::sleep_until(due).await;
     }
 }
 
@@ -183,5 +297,28 @@ impl Verifier for JwksVerifier {
     async fn verify(&self, token: &str) -> Result<String, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(classify)?;
         self.verify_parsed(token, header).await
+    }
+
+    fn key_set_loaded(&self) -> Option<bool> {
+        Some(self.is_loaded())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refresh_period_follows_max_age_within_bounds() {
+        let timing = JwksTiming::default();
+        let period = |header: Option<&str>| timing.refresh_period(header).as_secs();
+        assert_eq!(period(None), 3600);
+        assert_eq!(period(Some("public")), 3600);
+        assert_eq!(period(Some("public, max-age=7200")), 7200);
+        assert_eq!(period(Some("Max-Age=\"900\", must-revalidate")), 900);
+        assert_eq!(period(Some("max-age=10")), 300, "at least 5 minutes");
+        assert_eq!(period(Some("max-age=999999999")), 86400, "at most a day");
+        assert_eq!(period(Some("no-store")), 300);
+        assert_eq!(period(Some("max-age=soon")), 3600);
     }
 }

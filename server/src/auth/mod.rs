@@ -7,11 +7,13 @@
 mod jwks;
 mod shared_secret;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
-pub use jwks::{JwksVerifier, REFETCH_INTERVAL};
+pub use jwks::{JwksSettings, JwksTiming, JwksVerifier};
 pub use shared_secret::{SharedSecretVerifier, issue_dev_token};
 
 /// Longest subject we accept; the database column has the same bound.
@@ -39,26 +41,31 @@ pub enum AuthError {
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
     async fn verify(&self, token: &str) -> Result<String, AuthError>;
+
+    /// In JWKS mode, whether a key set has loaded; `None` without a JWKS.
+    fn key_set_loaded(&self) -> Option<bool> {
+        None
+    }
 }
 
-/// The verifier for the key sources given: an HS256 shared secret, a JWKS URL (with its
-/// refetch interval), or both.
-pub fn key_sources(
-    secret: Option<&[u8]>,
-    jwks: Option<(&str, std::time::Duration)>,
-    rules: &ClaimRules,
-) -> anyhow::Result<std::sync::Arc<dyn Verifier>> {
-    let shared_secret = secret.map(|secret| SharedSecretVerifier::new(secret, rules));
-    let jwks = match jwks {
-        Some((url, refetch_interval)) => Some(JwksVerifier::new(url, rules, refetch_interval)?),
-        None => None,
-    };
+/// The key sources to verify tokens with: an HS256 shared secret, Better Auth's JWKS, or both.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// The secret, and the issuer/audience its tokens must carry (enforced only when set).
+    pub shared_secret: Option<(Vec<u8>, ClaimRules)>,
+    pub jwks: Option<JwksSettings>,
+}
+
+/// The verifier for `sources`. With a JWKS, its key set starts loading in the background now
+/// (this needs a Tokio runtime).
+pub fn verifier(sources: KeySources) -> anyhow::Result<Arc<dyn Verifier>> {
+    let shared_secret =
+        sources.shared_secret.map(|(secret, rules)| SharedSecretVerifier::new(&secret, &rules));
+    let jwks = sources.jwks.map(JwksVerifier::start).transpose()?;
     Ok(match (shared_secret, jwks) {
-        (Some(shared_secret), Some(jwks)) => {
-            std::sync::Arc::new(EitherKeySource { shared_secret, jwks })
-        }
-        (Some(shared_secret), None) => std::sync::Arc::new(shared_secret),
-        (None, Some(jwks)) => std::sync::Arc::new(jwks),
+        (Some(shared_secret), Some(jwks)) => Arc::new(EitherKeySource { shared_secret, jwks }),
+        (Some(shared_secret), None) => Arc::new(shared_secret),
+        (None, Some(jwks)) => jwks,
         (None, None) => anyhow::bail!("set BETTER_AUTH_SECRET or BETTER_AUTH_JWKS_URL"),
     })
 }
@@ -66,7 +73,7 @@ pub fn key_sources(
 /// Both key sources at once: HMAC tokens go to the shared secret, the others to the JWKS.
 pub struct EitherKeySource {
     pub shared_secret: SharedSecretVerifier,
-    pub jwks: JwksVerifier,
+    pub jwks: Arc<JwksVerifier>,
 }
 
 #[async_trait]
@@ -78,18 +85,30 @@ impl Verifier for EitherKeySource {
             _ => self.jwks.verify_parsed(token, header).await,
         }
     }
+
+    fn key_set_loaded(&self) -> Option<bool> {
+        self.jwks.key_set_loaded()
+    }
 }
 
-/// The issuer and audience to enforce, when configured.
-#[derive(Debug, Clone, Default)]
+/// The issuer and audience to enforce, when configured. A trailing slash on either side is
+/// ignored (`http://app` and `http://app/` are the same base URL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimRules {
     pub issuer: Option<String>,
     pub audience: Option<String>,
 }
 
+/// `value` and `value/` (or `value` without its trailing slash).
+fn with_and_without_trailing_slash(value: &str) -> [String; 2] {
+    let bare = value.trim_end_matches('/');
+    [bare.to_owned(), format!("{bare}/")]
+}
+
 impl ClaimRules {
     /// A `Validation` that accepts exactly `algorithms`, requires `exp`, honours `nbf`, and
-    /// checks `iss`/`aud` only when configured (Better Auth always sets both).
+    /// checks `iss`/`aud` only when configured (Better Auth always sets both); an `aud` array
+    /// passes when it contains the audience.
     fn validation(&self, algorithms: &[Algorithm]) -> Validation {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.to_vec();
@@ -99,13 +118,13 @@ impl ClaimRules {
         let mut required = vec!["exp"];
         match &self.audience {
             Some(audience) => {
-                validation.set_audience(&[audience]);
+                validation.set_audience(&with_and_without_trailing_slash(audience));
                 required.push("aud");
             }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
+            validation.set_issuer(&with_and_without_trailing_slash(issuer));
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
