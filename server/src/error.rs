@@ -12,10 +12,7 @@ use poem::{
 };
 use poem_openapi::{
     ApiResponse, Object,
-    error::{
-        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
-        ParseRequestPayloadError,
-    },
+    error::{ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError},
     registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
 };
@@ -303,9 +300,6 @@ fn from_framework(err: &poem::Error) -> ApiError {
         ApiError::BadRequest(format!("query parameter `{name}` has an invalid value"))
     } else if err.is::<ContentTypeError>() {
         ApiError::UnsupportedMediaType
-    } else if err.is::<AuthorizationError>() {
-        tracing::warn!(reason = %AuthError::Missing, "rejected bearer token");
-        ApiError::Unauthorized(AuthError::Missing)
     } else if err.is::<NotFoundError>() {
         ApiError::NotFound("no such resource")
     } else if err.is::<MethodNotAllowedError>() {

@@ -611,12 +611,62 @@ async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
         expect_problem(response, StatusCode::FORBIDDEN).await;
     }
 
+    // Whatever `{user_id}` holds, `tasks` and encodings included: not the subject, so 403. (The
+    // caller's own task 1 must not come back through `/api/tasks/tasks/1`.)
+    let own = self::create(&attacker, "attacker's own").await;
+    let odd_paths = [
+        format!("/api/tasks/tasks/{}", own.id),
+        format!("/api/tasks/tasks/{}/complete", own.id),
+        "/api/user123%2F/tasks".to_owned(),
+        "/api/%20user123/tasks".to_owned(),
+    ];
+    for path in &odd_paths {
+        for method in [Method::GET, Method::PATCH, Method::DELETE] {
+            let response = raw
+                .request(method.clone(), path)
+                .bearer_auth(token("user123"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {path}");
+            }
+        }
+    }
+    // The user literally named `tasks` is the one user this style cannot serve; still a 403
+    // for anyone else, and `%74asks` decodes to the same.
+    let tasks_user = raw
+        .request(Method::GET, "/api/%74asks/tasks")
+        .bearer_auth(token("user123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tasks_user.status(), StatusCode::FORBIDDEN);
+    // A segment that does not decode to UTF-8 text is no user id at all: the router refuses it
+    // as a path that does not parse.
+    let undecodable = raw
+        .request(Method::GET, "/api/%FF/tasks")
+        .bearer_auth(token("user123"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(undecodable, StatusCode::BAD_REQUEST).await;
+    // A percent-encoded subject is the subject.
+    let encoded = raw
+        .request(Method::GET, "/api/user12%33/tasks")
+        .bearer_auth(token("user123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(encoded.status(), StatusCode::OK, "user12%33 is user123");
+    assert_eq!(attacker.get_task().id(own.id).send().await.unwrap().title, "attacker's own");
+
     let seen = victim.list_tasks().send().await.unwrap().into_inner();
     assert_eq!(seen.len(), 1, "nothing was planted");
     assert_eq!(seen[0].title, "victim's");
     assert!(!seen[0].completed);
     assert_eq!(seen[0].updated_at, task.updated_at);
-    assert!(list(&attacker).await.is_empty());
+    assert_eq!(list(&attacker).await.len(), 1, "only the attacker's own task");
 }
 
 /// RFC 8725's attacks, and every other way a token can be wrong: each is a 401 problem with a
@@ -704,6 +754,21 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         let response = request.send().await.unwrap();
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
         expect_problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    // A bearer value that cannot be a JWT (non-ASCII bytes, spaces) was still a token sent:
+    // "invalid token", never "missing".
+    for value in ["Bearer Ω≈ç√".as_bytes(), b"Bearer two words", b"Bearer \xff\xfe"] {
+        let response = server
+            .raw()
+            .request(Method::GET, "/api/tasks")
+            .header(header::AUTHORIZATION, header::HeaderValue::from_bytes(value).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().to_owned();
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+        let body = expect_problem(response, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(body["detail"], "invalid token", "{value:?}");
     }
     // Two Authorization headers, even both valid, are refused rather than guessed between.
     let twice = server

@@ -1,9 +1,17 @@
-//! The bearer-JWT security scheme: runs before every other argument of an operation is read,
-//! so a bad token is a 401 and a foreign `{user_id}` in the path a 403 before the body, the
+//! The bearer-JWT security scheme, one extractor per path style. It is the first argument of
+//! every operation, so a bad token is a 401 and a foreign `{user_id}` a 403 before the body, the
 //! query or the task is looked at.
+//!
+//! Which style an operation has is its type, [`BearerAuth`] or [`UserPathBearerAuth`], not a
+//! guess from the request path: on the user-path routes `{user_id}` is whatever the router
+//! matched there, `tasks` included. Both document themselves as the one `BearerAuth` scheme, so
+//! Swagger UI's "Authorize" asks for the token once.
 
-use poem::{Request, http::header};
-use poem_openapi::{SecurityScheme, auth::Bearer};
+use poem::{Request, RequestBody, http::header};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaSecurityScheme, Registry},
+};
 
 use crate::{
     AppState,
@@ -18,87 +26,162 @@ pub struct Caller {
     pub user_id: String,
 }
 
-/// A JWT issued by Better Auth, sent as `Authorization: Bearer <token>`: HS256 with the secret
-/// shared with Better Auth, or signed by its JWT plugin's key pair (EdDSA, ES256, RS256, PS256;
-/// verified by `kid` against its JWKS, with `iss` and `aud` equal to Better Auth's base URL).
-/// `exp` is required; the user id is `sub`.
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer", bearer_format = "JWT", checker = "authenticate")]
+/// The scheme's name in the OpenAPI document.
+const SCHEME: &str = "BearerAuth";
+
+const DESCRIPTION: &str = "A JWT issued by Better Auth, sent as `Authorization: Bearer <token>`: \
+HS256 with the secret shared with Better Auth, or signed by its JWT plugin's key pair (EdDSA, \
+ES256, RS256, PS256; verified by `kid` against its JWKS, with `iss` and `aud` equal to Better \
+Auth's base URL). `exp` is required; the user id is `sub`.";
+
+/// The caller of an `/api/tasks…` operation: the owner is the token's subject.
 pub struct BearerAuth(pub Caller);
 
-async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    let state = req.data::<AppState>().ok_or(ApiError::Internal)?;
-    let reject = |err: AuthError| {
-        tracing::warn!(reason = %err, "rejected bearer token");
-        ApiError::from(err)
+/// The caller of an `/api/{user_id}/tasks…` operation: also 403 unless `{user_id}` is the
+/// token's subject.
+pub struct UserPathBearerAuth(pub Caller);
+
+/// poem-openapi registers path parameters by position (`param0`, `param1`, …); `{user_id}` is
+/// the first of every user-path route. A value that is not valid UTF-8 once percent-decoded is
+/// not registered at all, and then matches no subject either.
+const USER_ID_PARAM: &str = "param0";
+
+macro_rules! bearer_extractor {
+    ($ty:ident, |$req:ident, $caller:ident| $check:expr) => {
+        impl<'a> ApiExtractor<'a> for $ty {
+            const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+            type ParamType = ();
+            type ParamRawType = ();
+
+            fn register(registry: &mut Registry) {
+                register(registry);
+            }
+
+            fn security_schemes() -> Vec<&'static str> {
+                vec![SCHEME]
+            }
+
+            async fn from_request(
+                $req: &'a Request,
+                _body: &mut RequestBody,
+                _options: ExtractParamOptions<()>,
+            ) -> poem::Result<Self> {
+                let $caller = authenticate($req).await?;
+                $check?;
+                Ok(Self($caller))
+            }
+        }
     };
-    if req.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
-        return Err(reject(AuthError::Invalid("more than one Authorization header".into())).into());
-    }
-    if bearer.token.len() > MAX_TOKEN_BYTES {
-        return Err(reject(AuthError::Invalid("token too long".into())).into());
-    }
-    let user_id = state.verifier.verify(&bearer.token).await.map_err(reject)?;
-    if path_user(req.uri().path()).is_some_and(|path_user| path_user != user_id) {
+}
+
+bearer_extractor!(BearerAuth, |_req, _caller| Ok::<(), ApiError>(()));
+bearer_extractor!(UserPathBearerAuth, |req, caller| check_path_user(req, &caller));
+
+fn register(registry: &mut Registry) {
+    registry.create_security_scheme(
+        SCHEME,
+        MetaSecurityScheme {
+            ty: "http",
+            description: Some(DESCRIPTION),
+            name: None,
+            key_in: None,
+            scheme: Some("bearer"),
+            bearer_format: Some("JWT"),
+            flows: None,
+            openid_connect_url: None,
+        },
+    );
+}
+
+fn check_path_user(req: &Request, caller: &Caller) -> Result<(), ApiError> {
+    if req.raw_path_param(USER_ID_PARAM) == Some(caller.user_id.as_str()) {
+        Ok(())
+    } else {
         tracing::warn!("path user is not the token subject");
-        return Err(ApiError::Forbidden.into());
+        Err(ApiError::Forbidden)
     }
+}
+
+async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
+    let state = req.data::<AppState>().ok_or(ApiError::Internal)?;
+    let token = bearer_token(req).map_err(reject)?;
+    let user_id = state.verifier.verify(token).await.map_err(reject)?;
     Ok(Caller { user_id })
 }
 
-/// The `{user_id}` of an `/api/{user_id}/tasks…` path; `None` on the `/api/tasks…` routes.
-/// (poem-openapi names path parameters by position, so the path itself is the reliable source.)
-fn path_user(path: &str) -> Option<String> {
-    let mut segments = path.strip_prefix("/api/")?.split('/');
-    let first = segments.next()?;
-    (first != "tasks" && segments.next() == Some("tasks")).then(|| percent_decode(first))
+fn reject(err: AuthError) -> ApiError {
+    tracing::warn!(reason = %err, "rejected bearer token");
+    ApiError::from(err)
 }
 
-/// Path segments arrive still percent-encoded.
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|pair| pair.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|pair| std::str::from_utf8(pair).ok())
-            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                decoded.push(byte);
-                i += 1;
-            }
+/// The token of the one `Authorization: Bearer <token>` header (RFC 6750 §2.1). No header,
+/// another scheme or an empty token is "missing"; a bearer token that is not a `b64token`
+/// (non-ASCII bytes, spaces, quotes), too long, or sent twice is invalid.
+fn bearer_token(req: &Request) -> Result<&str, AuthError> {
+    let mut headers = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = match (headers.next(), headers.next()) {
+        (None, _) => return Err(AuthError::Missing),
+        (Some(_), Some(_)) => {
+            return Err(AuthError::Invalid("more than one Authorization header".into()));
         }
+        (Some(value), None) => value.as_bytes(),
+    };
+    let (scheme, token) = match value.iter().position(|&b| b == b' ') {
+        Some(space) => (&value[..space], value[space + 1..].trim_ascii()),
+        None => (value, &[][..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+        return Err(AuthError::Missing);
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Invalid("token too long".into()));
+    }
+    let b64token = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b);
+    if !token.iter().all(b64token) {
+        return Err(AuthError::Invalid("the bearer token has characters a JWT cannot".into()));
+    }
+    // Only ASCII bytes remain.
+    std::str::from_utf8(token).map_err(|_| AuthError::Invalid("not ASCII".into()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{path_user, percent_decode};
+    use poem::http::HeaderValue;
 
-    #[test]
-    fn finds_the_user_segment_only_on_user_paths() {
-        assert_eq!(path_user("/api/tasks"), None);
-        assert_eq!(path_user("/api/tasks/42/complete"), None);
-        assert_eq!(path_user("/api/alice/tasks").as_deref(), Some("alice"));
-        assert_eq!(path_user("/api/a%40b/tasks/1").as_deref(), Some("a@b"));
-        assert_eq!(path_user("/health"), None);
+    use super::*;
+
+    fn token_of(values: &[&[u8]]) -> Result<String, String> {
+        let mut req = Request::builder().finish();
+        for value in values {
+            req.headers_mut()
+                .append(header::AUTHORIZATION, HeaderValue::from_bytes(value).unwrap());
+        }
+        bearer_token(&req).map(str::to_owned).map_err(|err| err.to_string())
     }
 
     #[test]
-    fn decodes_percent_escapes_and_keeps_the_rest() {
-        assert_eq!(percent_decode("user123"), "user123");
-        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
-        assert_eq!(percent_decode("%E2%9C%93"), "✓");
-        assert_eq!(percent_decode("50%"), "50%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%+1"), "%+1");
+    fn reads_one_bearer_token() {
+        assert_eq!(token_of(&[b"Bearer abc.def-_~+/=="]).unwrap(), "abc.def-_~+/==");
+        assert_eq!(token_of(&[b"bearer  abc "]).unwrap(), "abc");
+    }
+
+    #[test]
+    fn missing_unless_a_bearer_token_was_sent() {
+        for value in [&b"Basic YWxpY2U6cGFzcw=="[..], b"Bearer", b"Bearer ", b"bearer", b"Token x"]
+        {
+            assert_eq!(token_of(&[value]).unwrap_err(), "missing bearer token");
+        }
+        assert_eq!(token_of(&[]).unwrap_err(), "missing bearer token");
+    }
+
+    #[test]
+    fn invalid_when_the_token_is_not_a_b64token_or_sent_twice() {
+        for value in ["Bearer Ω≈ç√".as_bytes(), b"Bearer a b", b"Bearer \"quoted\"", b"Bearer \xff"]
+        {
+            assert!(token_of(&[value]).unwrap_err().starts_with("invalid token"), "{value:?}");
+        }
+        assert!(token_of(&[b"Bearer a", b"Bearer b"]).unwrap_err().starts_with("invalid token"));
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert!(token_of(&[long.as_bytes()]).unwrap_err().starts_with("invalid token"));
     }
 }

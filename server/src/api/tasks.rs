@@ -16,7 +16,7 @@ use poem_openapi::{
 use super::{
     ApiTags,
     conditional::{etag, none_match, precondition, written},
-    security::BearerAuth,
+    security::{BearerAuth, Caller, UserPathBearerAuth},
     types::{
         DeletedResponse, GetTaskResponse, JsonObject, Limit, Offset, OrderParam, SortParam,
         StatusParam, TaskCreateSchema, TaskCreatedResponse, TaskListResponse, TaskResponse,
@@ -34,8 +34,8 @@ type CreateBody = Json<JsonObject<TaskCreateSchema>>;
 type UpdateBody = Json<JsonObject<TaskUpdateSchema>>;
 
 /// Declares the six task operations for one path style: `$api` is the type, then its three
-/// paths (collection, item, completion toggle), tag and operationIds; `path_user` marks the
-/// style whose paths hold `:user_id`. (Not `prefix_path`: poem-openapi would document the prefix
+/// paths (collection, item, completion toggle), tag, security extractor and operationIds;
+/// `path_user` marks the style whose paths hold `:user_id`. (Not `prefix_path`: poem-openapi would document the prefix
 /// as `/api/:user_id` instead of `/api/{user_id}`.)
 /// (Literals are taken as `tt` so that poem-openapi's attribute parser sees plain literals.)
 macro_rules! task_operations {
@@ -43,6 +43,7 @@ macro_rules! task_operations {
         $api:ident,
         paths: [$collection:tt, $item:tt, $complete:tt],
         tag: $tag:tt,
+        auth: $auth:ident,
         operation_ids: [$list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt]
         $(, path_user: $user_id:ident)? $(,)?
     ) => {
@@ -61,7 +62,7 @@ macro_rules! task_operations {
             #[allow(clippy::too_many_arguments)]
             async fn list(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -74,7 +75,7 @@ macro_rules! task_operations {
                 offset: Query<Option<Offset>>,
             ) -> Result<TaskListResponse, ApiError> {
                 $( let _ = $user_id; )?
-                list(&state, &auth, list_query(status.0, sort.0, order.0, limit.0, offset.0)?).await
+                list(&state, &auth.0, list_query(status.0, sort.0, order.0, limit.0, offset.0)?).await
             }
 
             /// Create a task
@@ -84,7 +85,7 @@ macro_rules! task_operations {
             #[oai(path = $collection, method = "post", operation_id = $create)]
             async fn create(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -94,7 +95,7 @@ macro_rules! task_operations {
                 body: CreateBody,
             ) -> Result<TaskCreatedResponse, ApiError> {
                 $( let _ = $user_id; )?
-                create(&state, &auth, req, &body).await
+                create(&state, &auth.0, req, &body).await
             }
 
             /// Get a task
@@ -103,7 +104,7 @@ macro_rules! task_operations {
             #[oai(path = $item, method = "get", operation_id = $get)]
             async fn get(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -115,7 +116,7 @@ macro_rules! task_operations {
                 if_none_match: Header<Option<String>>,
             ) -> Result<GetTaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                get(&state, &auth, id.0, if_none_match.as_deref()).await
+                get(&state, &auth.0, id.0, if_none_match.as_deref()).await
             }
 
             /// Update a task
@@ -126,7 +127,7 @@ macro_rules! task_operations {
             #[oai(path = $item, method = "put", operation_id = $update)]
             async fn update(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -139,7 +140,7 @@ macro_rules! task_operations {
                 body: UpdateBody,
             ) -> Result<TaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                update(&state, &auth, id.0, if_match.as_deref(), &body).await
+                update(&state, &auth.0, id.0, if_match.as_deref(), &body).await
             }
 
             /// Toggle a task's completion
@@ -149,7 +150,7 @@ macro_rules! task_operations {
             #[oai(path = $complete, method = "patch", operation_id = $toggle)]
             async fn toggle(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -161,7 +162,7 @@ macro_rules! task_operations {
                 if_match: Header<Option<String>>,
             ) -> Result<TaskResponse, ApiError> {
                 $( let _ = $user_id; )?
-                toggle(&state, &auth, id.0, if_match.as_deref()).await
+                toggle(&state, &auth.0, id.0, if_match.as_deref()).await
             }
 
             /// Delete a task
@@ -170,7 +171,7 @@ macro_rules! task_operations {
             #[oai(path = $item, method = "delete", operation_id = $delete)]
             async fn delete(
                 &self,
-                auth: BearerAuth,
+                auth: $auth,
                 $(
                     /// The caller's own user id (the token's subject); any other is a 403.
                     $user_id: Path<String>,
@@ -182,7 +183,7 @@ macro_rules! task_operations {
                 if_match: Header<Option<String>>,
             ) -> Result<DeletedResponse, ApiError> {
                 $( let _ = $user_id; )?
-                delete(&state, &auth, id.0, if_match.as_deref()).await
+                delete(&state, &auth.0, id.0, if_match.as_deref()).await
             }
         }
     };
@@ -192,6 +193,7 @@ task_operations!(
     TasksApi,
     paths: ["/api/tasks", "/api/tasks/:id", "/api/tasks/:id/complete"],
     tag: "ApiTags::Tasks",
+    auth: BearerAuth,
     operation_ids: ["list_tasks", "create_task", "get_task", "update_task", "toggle_task", "delete_task"],
 );
 
@@ -203,6 +205,7 @@ task_operations!(
         "/api/:user_id/tasks/:id/complete"
     ],
     tag: "ApiTags::UserTasks",
+    auth: UserPathBearerAuth,
     operation_ids: [
         "list_user_tasks",
         "create_user_task",
@@ -241,22 +244,22 @@ fn list_query(
 
 async fn list(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     query: ListQuery,
 ) -> Result<TaskListResponse, ApiError> {
-    let page = state.store.list(&auth.0.user_id, &query).await?;
+    let page = state.store.list(&caller.user_id, &query).await?;
     let tasks = page.tasks.into_iter().map(Into::into).collect();
     Ok(TaskListResponse::Ok(Json(tasks), page.total))
 }
 
 async fn create(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     req: &Request,
     body: &CreateBody,
 ) -> Result<TaskCreatedResponse, ApiError> {
     let new_task = validation::new_task(&body.0.value)?;
-    let task = state.store.create(&auth.0.user_id, &new_task).await?;
+    let task = state.store.create(&caller.user_id, &new_task).await?;
     // The new task's URL in the style of the collection it was posted to.
     let location = format!("{}/{}", req.uri().path().trim_end_matches('/'), task.id);
     let etag = etag(&task);
@@ -265,11 +268,11 @@ async fn create(
 
 async fn get(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     id: i64,
     if_none_match: Option<&str>,
 ) -> Result<GetTaskResponse, ApiError> {
-    let task = state.store.get(&auth.0.user_id, id).await?.ok_or(ApiError::TASK_NOT_FOUND)?;
+    let task = state.store.get(&caller.user_id, id).await?.ok_or(ApiError::TASK_NOT_FOUND)?;
     let etag = etag(&task);
     if none_match(if_none_match, &etag) {
         return Ok(GetTaskResponse::NotModified(etag));
@@ -279,34 +282,34 @@ async fn get(
 
 async fn update(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     id: i64,
     if_match: Option<&str>,
     body: &UpdateBody,
 ) -> Result<TaskResponse, ApiError> {
     let patch = validation::task_patch(&body.0.value)?;
-    let outcome = state.store.update(&auth.0.user_id, id, &patch, &precondition(if_match)).await?;
+    let outcome = state.store.update(&caller.user_id, id, &patch, &precondition(if_match)).await?;
     Ok(task_response(written(outcome)?))
 }
 
 async fn toggle(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     id: i64,
     if_match: Option<&str>,
 ) -> Result<TaskResponse, ApiError> {
     let outcome =
-        state.store.toggle_completed(&auth.0.user_id, id, &precondition(if_match)).await?;
+        state.store.toggle_completed(&caller.user_id, id, &precondition(if_match)).await?;
     Ok(task_response(written(outcome)?))
 }
 
 async fn delete(
     state: &AppState,
-    auth: &BearerAuth,
+    caller: &Caller,
     id: i64,
     if_match: Option<&str>,
 ) -> Result<DeletedResponse, ApiError> {
-    written(state.store.delete(&auth.0.user_id, id, &precondition(if_match)).await?)?;
+    written(state.store.delete(&caller.user_id, id, &precondition(if_match)).await?)?;
     Ok(DeletedResponse::NoContent)
 }
 
