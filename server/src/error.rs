@@ -11,9 +11,9 @@ use poem::{
     http::{HeaderValue, StatusCode, header},
 };
 use poem_openapi::{
-    ApiResponse, Object,
+    ApiResponse, Enum, Object,
     error::{ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError},
-    registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
 };
 
@@ -26,9 +26,8 @@ pub const RETRY_AFTER_SECS: &str = "2";
 /// An RFC 9457 problem details body.
 #[derive(Debug, Clone, Object)]
 pub struct Problem {
-    /// Always `about:blank`: the status code says what kind of problem it is.
     #[oai(rename = "type")]
-    pub kind: String,
+    pub kind: ProblemType,
     /// The status code's reason phrase.
     pub title: String,
     pub status: u16,
@@ -37,6 +36,13 @@ pub struct Problem {
     /// On 422: one entry per invalid field.
     #[oai(skip_serializing_if_is_none)]
     pub errors: Option<Vec<FieldError>>,
+}
+
+/// Always `about:blank`: the status code says what kind of problem it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum ProblemType {
+    #[oai(rename = "about:blank")]
+    AboutBlank,
 }
 
 /// One invalid field of a request body.
@@ -99,7 +105,7 @@ impl ApiError {
                 "the task has changed: If-Match does not match its current ETag".into()
             }
             ApiError::PayloadTooLarge => {
-                format!("request body is larger than {} bytes", crate::http::MAX_BODY_BYTES)
+                format!("request body is larger than {} bytes", crate::limits::MAX_BODY_BYTES)
             }
             ApiError::UnsupportedMediaType => "request body must be application/json".into(),
             ApiError::Unprocessable(errors) => errors
@@ -117,7 +123,7 @@ impl ApiError {
     fn problem(&self) -> Problem {
         let status = ResponseError::status(self);
         Problem {
-            kind: "about:blank".into(),
+            kind: ProblemType::AboutBlank,
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
             detail: self.detail(),
@@ -209,69 +215,97 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Documents the error responses every task operation may give, all with the problem schema.
+/// Error responses are documented per operation by `api::spec` (from [`ApiError::documented`]).
+/// Here only the one every operation has, a 500, which keeps the problem schema in the document
+/// (poem-openapi drops schemas nothing refers to).
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        let problem =
-            |status: u16, description: &'static str, headers: Vec<MetaHeader>| MetaResponse {
-                description,
-                status: Some(status),
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "A bug; the detail is generic.",
+                status: Some(500),
                 status_range: None,
                 content: vec![MetaMediaType {
                     content_type: PROBLEM_CONTENT_TYPE,
                     schema: Problem::schema_ref(),
                 }],
-                headers,
-            };
-        let header = |name: &str, description: &str| MetaHeader {
-            name: name.into(),
-            description: Some(description.into()),
-            required: true,
-            deprecated: false,
-            schema: String::schema_ref(),
-        };
-        MetaResponses {
-            responses: vec![
-                problem(
-                    400,
-                    "A path or query parameter does not parse, or the body is not valid JSON.",
-                    vec![],
-                ),
-                problem(
-                    401,
-                    "The bearer token is missing, malformed, expired or not valid.",
-                    vec![header("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
-                ),
-                problem(403, "The user id in the path is not the token's subject.", vec![]),
-                problem(
-                    404,
-                    "No such task for this user (another user's task is reported the same way).",
-                    vec![],
-                ),
-                problem(
-                    412,
-                    "`If-Match` does not match the task's current `ETag`; nothing changed.",
-                    vec![],
-                ),
-                problem(413, "The request body is larger than 64 KiB.", vec![]),
-                problem(
-                    415,
-                    "A request body was sent without `Content-Type: application/json`.",
-                    vec![],
-                ),
-                problem(422, "The JSON body breaks the schema; `errors` lists each field.", vec![]),
-                problem(500, "A bug; the detail is generic.", vec![]),
-                problem(
-                    503,
-                    "The database is unreachable or timed out.",
-                    vec![header("Retry-After", "Seconds to wait before retrying.")],
-                ),
-            ],
+                headers: vec![],
+            }],
         }
     }
 
     fn register(registry: &mut Registry) {
         Problem::register(registry);
+    }
+}
+
+/// How the OpenAPI document describes one error status.
+pub struct ErrorDoc {
+    pub description: String,
+    /// Headers sent with it: name and description.
+    pub headers: Vec<(&'static str, &'static str)>,
+    /// A body this server really sends with that status.
+    pub example: serde_json::Value,
+}
+
+impl ApiError {
+    /// The documentation of an error status an operation can answer. The example is built by
+    /// the same code that answers real requests.
+    pub fn documented(status: u16) -> ErrorDoc {
+        let (error, description): (ApiError, String) = match status {
+            400 => (
+                ApiError::BadRequest("request body is not valid JSON".into()),
+                "A path or query parameter does not parse, or the body is not valid JSON.".into(),
+            ),
+            401 => (
+                ApiError::Unauthorized(AuthError::Invalid(String::new())),
+                "The bearer token is missing, malformed, expired or not valid.".into(),
+            ),
+            403 => {
+                (ApiError::Forbidden, "The user id in the path is not the token's subject.".into())
+            }
+            404 => (
+                ApiError::TASK_NOT_FOUND,
+                "No such task for this user (another user's task is reported the same way).".into(),
+            ),
+            412 => (
+                ApiError::PreconditionFailed,
+                "`If-Match` does not match the task's current `ETag`; nothing changed.".into(),
+            ),
+            413 => (
+                ApiError::PayloadTooLarge,
+                format!("The request body is larger than {} bytes.", crate::limits::MAX_BODY_BYTES),
+            ),
+            415 => (
+                ApiError::UnsupportedMediaType,
+                "A request body was sent without `Content-Type: application/json`.".into(),
+            ),
+            422 => (
+                ApiError::Unprocessable(vec![FieldError::new(
+                    "title",
+                    format!("must be at most {} characters", crate::limits::TITLE_MAX_CHARS),
+                )]),
+                "The JSON body (or a number in the query) breaks the schema; `errors` lists each \
+                 field."
+                    .into(),
+            ),
+            500 => (ApiError::Internal, "A bug; the detail is generic.".into()),
+            503 => (
+                ApiError::Unavailable,
+                "The database is unreachable or timed out, or (in JWKS mode) no key set could be \
+                 had yet."
+                    .into(),
+            ),
+            other => panic!("no documentation for error status {other}"),
+        };
+        let headers = match status {
+            401 => vec![("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
+            503 => vec![("Retry-After", "Seconds to wait before retrying.")],
+            _ => vec![],
+        };
+        let example =
+            poem_openapi::types::ToJSON::to_json(&error.problem()).expect("a problem is JSON");
+        ErrorDoc { description, headers, example }
     }
 }
 

@@ -10,10 +10,8 @@ use poem::{
 };
 use tracing::Instrument as _;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, limits::MAX_BODY_BYTES};
 
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most of an oversized body read before answering 413.
 const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -64,7 +62,13 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
 /// An oversized body is still read (and dropped) up to [`MAX_DRAINED_BYTES`] before the 413 goes
 /// out: closing the connection under a client that is still sending would make it see a reset
 /// instead of the answer.
+///
+/// Only `POST` and `PUT` read a body; on every other method it is ignored unread, as the
+/// contract says, and so never answered with a 413.
 pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    if !matches!(*req.method(), Method::POST | Method::PUT) {
+        return Ok(next.call(req).await?.into_response());
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

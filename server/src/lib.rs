@@ -2,7 +2,7 @@
 //!
 //! Layout: [`api`] (HTTP types and handlers), [`auth`] (token → subject), [`store`] (one storage
 //! trait, PostgreSQL and SQLite), [`config`], [`error`] (problem responses), [`http`]
-//! (middleware), [`telemetry`]. [`serve`] runs the service on a listener until a shutdown
+//! (middleware), [`limits`] (every size limit, once), [`telemetry`]. [`serve`] runs the service on a listener until a shutdown
 //! signal, which is how `main` and the tests start it.
 
 pub mod api;
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod store;
 pub mod telemetry;
 
@@ -53,7 +54,7 @@ const GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware stack.
 pub fn app(state: AppState, cors_origins: &[String]) -> impl Endpoint + 'static {
     let api = api::service();
-    let docs = api.swagger_ui();
+    let docs = api::swagger_ui();
     let spec = api::openapi_json();
     let spec =
         make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));

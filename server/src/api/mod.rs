@@ -4,11 +4,13 @@
 mod conditional;
 mod health;
 mod security;
+mod spec;
 mod tasks;
 mod types;
 mod validation;
 
-use poem_openapi::{OpenApiService, Tags};
+use poem::{Endpoint, Route, endpoint::make_sync, web::Html};
+use poem_openapi::{LicenseObject, OpenApiService, Tags};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -37,13 +39,25 @@ pub fn service() -> OpenApiService<Api, ()> {
         env!("CARGO_PKG_VERSION"),
     )
     .description(DESCRIPTION)
+    .license(LicenseObject::new("MIT"))
 }
 
 /// The OpenAPI document as committed in `openapi.json` and served at `/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut spec = service().spec();
+    let mut spec = serde_json::to_string_pretty(&spec::publish(&service().spec()))
+        .expect("the document is JSON");
     spec.push('\n');
     spec
+}
+
+/// Swagger UI (its assets embedded, no CDN) over the published document.
+pub fn swagger_ui() -> impl Endpoint + 'static {
+    let service = service();
+    // poem-openapi inlines its own document into the page; swap in the published one.
+    let (page, generated) = (service.swagger_ui_html(), service.spec());
+    assert!(page.contains(&generated), "Swagger UI's page no longer inlines the document");
+    let html = page.replacen(&generated, &openapi_json(), 1);
+    Route::new().at("/", make_sync(move |_| Html(html.clone())))
 }
 
 #[cfg(test)]

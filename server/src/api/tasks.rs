@@ -55,7 +55,7 @@ macro_rules! task_operations {
             ///
             /// Without parameters: every task of the caller, oldest first, as a plain array.
             /// `status` filters, `sort` and `order` reorder (ties broken by id), `limit`
-            /// (1–1000) and `offset` page. `X-Total-Count` is the number of matching tasks
+            /// and `offset` page. `X-Total-Count` is the number of matching tasks
             /// before paging. A parameter that does not parse is a 400; a number out of range
             /// a 422.
             #[oai(path = $collection, method = "get", operation_id = $list)]
@@ -68,11 +68,21 @@ macro_rules! task_operations {
                     $user_id: Path<String>,
                 )?
                 state: Data<&AppState>,
-                status: Query<Option<StatusParam>>,
-                sort: Query<Option<SortParam>>,
-                order: Query<Option<OrderParam>>,
+                /// Which tasks: `all`, `pending` (not completed) or `completed`.
+                #[oai(default)]
+                status: Query<StatusParam>,
+                /// Order by `created` (`created_at`), `updated` (`updated_at`) or `title`;
+                /// ties are broken by `id`, so pages never overlap.
+                #[oai(default)]
+                sort: Query<SortParam>,
+                /// `asc` (oldest or A first) or `desc`.
+                #[oai(default)]
+                order: Query<OrderParam>,
+                /// At most this many tasks; without it, all of them.
                 limit: Query<Option<Limit>>,
-                offset: Query<Option<Offset>>,
+                /// Skip this many matching tasks first.
+                #[oai(default)]
+                offset: Query<Offset>,
             ) -> Result<TaskListResponse, ApiError> {
                 $( let _ = $user_id; )?
                 list(&state, &auth.0, list_query(status.0, sort.0, order.0, limit.0, offset.0)?).await
@@ -217,26 +227,38 @@ task_operations!(
     path_user: user_id,
 );
 
+/// The error statuses each task operation can answer, by its `/api/tasks…` operationId (the
+/// `/api/{user_id}/tasks…` twin adds 403). `api::spec` documents exactly these, and the test
+/// harness fails any response whose status the document does not list.
+pub(super) const ERROR_STATUSES: [(&str, &[u16]); 6] = [
+    ("list_tasks", &[400, 401, 422, 500, 503]),
+    ("create_task", &[400, 401, 413, 415, 422, 500, 503]),
+    ("get_task", &[400, 401, 404, 500, 503]),
+    ("update_task", &[400, 401, 404, 412, 413, 415, 422, 500, 503]),
+    ("toggle_task", &[400, 401, 404, 412, 500, 503]),
+    ("delete_task", &[400, 401, 404, 412, 500, 503]),
+];
+
 fn list_query(
-    status: Option<StatusParam>,
-    sort: Option<SortParam>,
-    order: Option<OrderParam>,
+    status: StatusParam,
+    sort: SortParam,
+    order: OrderParam,
     limit: Option<Limit>,
-    offset: Option<Offset>,
+    offset: Offset,
 ) -> Result<ListQuery, ApiError> {
     let mut errors = Vec::new();
     let mut check = |field: &str, value: Result<i64, String>| {
         value.map_err(|message| errors.push(FieldError::new(field, message))).ok()
     };
     let limit = limit.and_then(|limit| check("limit", limit.checked()));
-    let offset = offset.and_then(|offset| check("offset", offset.checked()));
+    let offset = check("offset", offset.checked());
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
     }
     Ok(ListQuery {
-        status: status.map(Into::into).unwrap_or_default(),
-        sort: sort.map(Into::into).unwrap_or_default(),
-        order: order.map(Into::into).unwrap_or_default(),
+        status: status.into(),
+        sort: sort.into(),
+        order: order.into(),
         limit,
         offset: offset.unwrap_or(0),
     })

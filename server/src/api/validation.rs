@@ -5,11 +5,9 @@ use serde_json::{Map, Value};
 
 use crate::{
     error::{ApiError, FieldError},
+    limits::{DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS},
     store::{NewTask, TaskPatch},
 };
-
-pub const TITLE_MAX_CHARS: usize = 200;
-pub const DESCRIPTION_MAX_CHARS: usize = 1000;
 /// PostgreSQL text cannot hold U+0000 and SQLite's `length()` stops at it: refuse it up front.
 const NUL_MESSAGE: &str = "must not contain NUL (U+0000) characters";
 

@@ -16,10 +16,8 @@ use serde_json::{Map, Value};
 pub use jwks::{JwksSettings, JwksTiming, JwksVerifier};
 pub use shared_secret::{SharedSecretVerifier, issue_dev_token};
 
-/// Longest subject we accept; the database column has the same bound.
-const MAX_SUBJECT_CHARS: usize = 255;
-/// Tokens longer than this are rejected before any decoding work.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+use crate::limits::MAX_SUBJECT_CHARS;
+pub use crate::limits::MAX_TOKEN_BYTES;
 /// Allowed clock skew for `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 60;
 
@@ -179,8 +177,8 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError>
         Some(subject) if !subject.is_empty() && subject.chars().count() <= MAX_SUBJECT_CHARS => {
             Ok(subject.to_owned())
         }
-        _ => Err(AuthError::Invalid(
-            "subject is not a non-empty string of at most 255 characters".into(),
-        )),
+        _ => Err(AuthError::Invalid(format!(
+            "subject is not a non-empty string of at most {MAX_SUBJECT_CHARS} characters"
+        ))),
     }
 }
