@@ -1,7 +1,10 @@
 //! Test harness: starts a real server on 127.0.0.1:0 over a fresh database (a SQLite file, or a
 //! new database in a throwaway PostgreSQL cluster, or in `TEST_DATABASE_URL`'s server), and
-//! hands out generated clients and tokens for it.
+//! hands out generated clients and tokens for it. Every response of every test server is held
+//! to `openapi.json` ([`contract`]) and scanned for secrets ([`logs`]); a server that saw a
+//! violation fails its test when it is dropped.
 
+pub mod contract;
 pub mod logs;
 pub mod postgres;
 
@@ -32,8 +35,12 @@ pub struct TestServer {
     /// The database the server uses (tests may inspect or tweak it directly).
     pub database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Responses that broke the contract, one line each.
+    violations: Violations,
     _database: Option<Database>,
 }
+
+type Violations = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A fresh, empty database: a SQLite file in a temporary directory (removed on drop), or a new
 /// database on the test PostgreSQL server.
@@ -92,8 +99,10 @@ impl TestServer {
             jwks: options.jwks.clone(),
         };
         let verifier = server::auth::verifier(sources).expect("key sources");
-        let app =
-            server::app(AppState { store, verifier }, &options.cors_origins).around(scan_response);
+        let violations = Violations::default();
+        let seen = violations.clone();
+        let app = server::app(AppState { store, verifier }, &options.cors_origins)
+            .around(move |next, req| check_response(next, req, seen.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -106,6 +115,7 @@ impl TestServer {
             base_url: format!("http://{address}"),
             database_url: database_url.to_owned(),
             shutdown: Some(shutdown),
+            violations,
             _database: None,
         }
     }
@@ -141,14 +151,28 @@ impl Drop for TestServer {
         if !std::thread::panicking() {
             let (leaks, _) = logs::leaks();
             assert!(leaks.is_empty(), "a secret, password or token was logged: {leaks:?}");
+            let violations = self.violations.lock().unwrap();
+            assert!(violations.is_empty(), "responses broke openapi.json: {violations:#?}");
         }
     }
 }
 
-/// Looks at every response (headers and body) for secrets, passwords and tokens.
-async fn scan_response<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+/// Holds every response to the contract, and looks at it (headers and body) for secrets,
+/// passwords and tokens.
+async fn check_response<E: Endpoint>(
+    next: E,
+    req: Request,
+    violations: Violations,
+) -> poem::Result<Response> {
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let mut response = next.call(req).await?.into_response();
     let body = response.take_body().into_bytes().await.unwrap_or_default();
+    let status = response.status().as_u16();
+    if let Err(violation) =
+        contract::Contract::get().check(&method, &path, status, response.headers(), &body)
+    {
+        violations.lock().unwrap().push(format!("{method} {path}: {violation}"));
+    }
     let text = String::from_utf8_lossy(&body);
     if logs::is_secret_bearing(&text) {
         logs::record_leak(format!("response body: {text}"));

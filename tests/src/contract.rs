@@ -1,0 +1,241 @@
+//! Holds every response of every test server to `openapi.json`, independently of the client
+//! generated from it: is the status declared for that operation, is the content type the
+//! declared one, are the declared headers there, does the body match the declared schema.
+//!
+//! OpenAPI 3.0 schemas are not quite JSON Schema, so they are translated for the validator
+//! (`jsonschema`, draft 2020-12): `nullable: true` becomes a `null` alternative, and objects
+//! refuse properties the document does not list, so that an undocumented field is caught too.
+//! Requests that are no operation of the document (`/docs`, an unknown route, a method a path
+//! does not have, CORS preflights) are not checked here; the API tests cover those.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use jsonschema::Validator;
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use serde_json::{Map, Value, json};
+
+/// The committed document, as every test server serves it.
+const DOCUMENT: &str = include_str!("../../openapi.json");
+
+pub struct Contract {
+    operations: Vec<Operation>,
+}
+
+struct Operation {
+    id: String,
+    method: String,
+    /// `None` for a `{parameter}` segment.
+    segments: Vec<Option<String>>,
+    responses: HashMap<String, Response>,
+}
+
+struct Response {
+    /// Media type → the body's validator.
+    content: HashMap<String, Validator>,
+    required_headers: Vec<String>,
+}
+
+impl Contract {
+    /// The contract of the committed `openapi.json`, compiled once per test binary.
+    pub fn get() -> &'static Contract {
+        static CONTRACT: OnceLock<Contract> = OnceLock::new();
+        CONTRACT.get_or_init(|| Contract::new(DOCUMENT).expect("openapi.json compiles"))
+    }
+
+    pub fn new(document: &str) -> Result<Self, String> {
+        let document: Value = serde_json::from_str(document).map_err(|e| e.to_string())?;
+        let schemas = translate(&document["components"]["schemas"]);
+        let mut operations = Vec::new();
+        for (path, item) in document["paths"].as_object().ok_or("no paths")? {
+            for (method, operation) in item.as_object().ok_or("a path item is no object")? {
+                let id = operation["operationId"].as_str().unwrap_or(method).to_owned();
+                let mut responses = HashMap::new();
+                for (status, response) in operation["responses"].as_object().ok_or("responses")? {
+                    responses.insert(status.clone(), compile_response(response, &schemas)?);
+                }
+                let segments = path
+                    .split('/')
+                    .skip(1)
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+                    .collect();
+                operations.push(Operation {
+                    id,
+                    method: method.to_ascii_uppercase(),
+                    segments,
+                    responses,
+                });
+            }
+        }
+        Ok(Self { operations })
+    }
+
+    /// Checks one response to `method path`; `Ok` also when the request is no operation.
+    pub fn check(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let Some(operation) = self.operation(method, path) else { return Ok(()) };
+        let id = &operation.id;
+        let declared = operation
+            .responses
+            .get(&status.to_string())
+            .or_else(|| operation.responses.get("default"))
+            .ok_or_else(|| format!("{id}: status {status} is not declared"))?;
+        for name in &declared.required_headers {
+            if !headers.contains_key(name.as_str()) {
+                return Err(format!("{id} {status}: the declared header {name} is missing"));
+            }
+        }
+        if declared.content.is_empty() {
+            return match body.is_empty() {
+                true => Ok(()),
+                false => Err(format!("{id} {status}: a body where none is declared")),
+            };
+        }
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("{id} {status}: no Content-Type"))?;
+        let validator = declared.content.get(&content_type).ok_or_else(|| {
+            format!("{id} {status}: Content-Type {content_type} is not a declared one")
+        })?;
+        let body: Value = serde_json::from_slice(body)
+            .map_err(|err| format!("{id} {status}: the body is not JSON: {err}"))?;
+        let errors: Vec<String> = validator
+            .iter_errors(&body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{id} {status}: the body breaks the schema: {errors:?}: {body}")),
+        }
+    }
+
+    /// The operation `method path` is, preferring literal segments to parameters (so that
+    /// `/api/tasks/tasks` is the task `tasks`, as the router sees it).
+    fn operation(&self, method: &str, path: &str) -> Option<&Operation> {
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        self.operations
+            .iter()
+            .filter(|op| op.method == method && op.segments.len() == segments.len())
+            .filter(|op| {
+                op.segments.iter().zip(&segments).all(|(template, segment)| match template {
+                    Some(literal) => literal == segment,
+                    None => !segment.is_empty(),
+                })
+            })
+            .max_by_key(|op| op.segments.iter().map(|s| s.is_some()).collect::<Vec<_>>())
+    }
+}
+
+fn compile_response(response: &Value, schemas: &Value) -> Result<Response, String> {
+    let mut content = HashMap::new();
+    for (media_type, media) in response["content"].as_object().into_iter().flatten() {
+        let mut schema = translate(&media["schema"]);
+        schema["components"] = json!({ "schemas": schemas });
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|err| format!("the schema for {media_type}: {err}"))?;
+        content.insert(media_type.clone(), validator);
+    }
+    let required_headers = response["headers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, header)| header["required"] == true)
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    Ok(Response { content, required_headers })
+}
+
+/// OpenAPI 3.0 schema → JSON Schema: `nullable` as a `null` alternative, and no properties
+/// beyond the listed ones.
+fn translate(schema: &Value) -> Value {
+    match schema {
+        Value::Object(object) => {
+            let mut out: Map<String, Value> =
+                object.iter().map(|(key, value)| (key.clone(), translate(value))).collect();
+            if out.contains_key("properties") && !out.contains_key("additionalProperties") {
+                out.insert("additionalProperties".into(), json!(false));
+            }
+            if out.remove("nullable") == Some(json!(true)) {
+                return match out.get("type").cloned() {
+                    Some(Value::String(ty)) => {
+                        out.insert("type".into(), json!([ty, "null"]));
+                        Value::Object(out)
+                    }
+                    _ => json!({ "anyOf": [Value::Object(out), { "type": "null" }] }),
+                };
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(translate).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use serde_json::json;
+
+    use super::Contract;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    fn task() -> serde_json::Value {
+        json!({"id": 1, "user_id": "alice", "title": "t", "description": null, "completed": false,
+               "created_at": "2026-01-09T10:00:00.123456Z", "updated_at": "2026-01-09T10:00:00.123456Z"})
+    }
+
+    fn check(status: u16, headers: &HeaderMap, body: &serde_json::Value) -> Result<(), String> {
+        let body = serde_json::to_vec(body).unwrap();
+        Contract::get().check("GET", "/api/tasks/1", status, headers, &body)
+    }
+
+    #[test]
+    fn accepts_what_the_document_declares() {
+        let ok = headers(&[("content-type", "application/json; charset=utf-8"), ("etag", "\"1\"")]);
+        check(200, &ok, &task()).unwrap();
+        let problem = json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": "task not found"});
+        check(404, &headers(&[("content-type", "application/problem+json")]), &problem).unwrap();
+        // No operation: not checked here.
+        Contract::get().check("GET", "/docs", 200, &HeaderMap::new(), b"<html>").unwrap();
+    }
+
+    #[test]
+    fn fails_on_a_known_bad_response() {
+        let ok = headers(&[("content-type", "application/json"), ("etag", "\"1\"")]);
+        let mut null_title = task();
+        null_title["title"] = json!(null);
+        assert!(check(200, &ok, &null_title).unwrap_err().contains("schema"), "null where string");
+        let mut no_description = task();
+        no_description.as_object_mut().unwrap().remove("description");
+        assert!(check(200, &ok, &no_description).is_err(), "description is required");
+        let mut extra = task();
+        extra["secret"] = json!("x");
+        assert!(check(200, &ok, &extra).is_err(), "an undocumented field");
+        let mut bad_time = task();
+        bad_time["created_at"] = json!("yesterday");
+        assert!(check(200, &ok, &bad_time).is_err(), "date-time format");
+        assert!(check(418, &ok, &task()).unwrap_err().contains("not declared"));
+        assert!(check(200, &headers(&[("content-type", "application/json")]), &task()).is_err());
+        let text = headers(&[("content-type", "text/plain"), ("etag", "\"1\"")]);
+        assert!(check(200, &text, &task()).is_err(), "content type");
+        // 403 is not an answer of the `/api/tasks…` style.
+        let problem =
+            json!({"type": "about:blank", "title": "Forbidden", "status": 403, "detail": "x"});
+        assert!(
+            check(403, &headers(&[("content-type", "application/problem+json")]), &problem)
+                .is_err()
+        );
+    }
+}
