@@ -19,6 +19,13 @@ fn main() {
     let mut generator = Generator::new(&settings);
     let tokens = generator.generate_tokens(&spec).expect("generate the client");
     let file = syn::parse2(tokens).expect("generated code parses");
+    // reqwest is built without its default (C) crypto provider, so a bare
+    // `reqwest::ClientBuilder::new().build()` would panic: `Client::new` gets a builder that has
+    // rustls' pure-Rust `ring` provider installed first.
+    let code = prettyplease::unparse(&file);
+    let bare_builder = "reqwest::ClientBuilder::new()";
+    assert!(code.contains(bare_builder), "progenitor's Client::new changed: revisit build.rs");
+    let code = code.replace(bare_builder, "crate::client_builder_with_crypto_provider()");
     let out = Path::new(&env::var("OUT_DIR").unwrap()).join("codegen.rs");
-    fs::write(out, prettyplease::unparse(&file)).expect("write the generated client");
+    fs::write(out, code).expect("write the generated client");
 }

@@ -1,0 +1,115 @@
+// What a TypeScript frontend writes against the task API, with types generated from
+// openapi.json by openapi-typescript and calls made through openapi-fetch. It is type-checked
+// (tsc --strict), never run: if the document lies about a shape, this stops compiling.
+
+import createClient from "openapi-fetch";
+
+import type { components, paths } from "./generated/api";
+
+type Task = components["schemas"]["Task"];
+type Problem = components["schemas"]["Problem"];
+type Health = components["schemas"]["Health"];
+
+// Compile-time facts about the generated types.
+type Equals<A, B> =
+  (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+const descriptionIsStringOrNull: Equals<Task["description"], string | null> = true;
+const problemTypeIsAboutBlank: Equals<Problem["type"], "about:blank"> = true;
+const healthStatuses: Equals<Health["status"], "healthy" | "degraded" | "unhealthy"> = true;
+export const facts = [descriptionIsStringOrNull, problemTypeIsAboutBlank, healthStatuses];
+
+/** What a frontend shows for a failed call: the problem's detail, and each field's message. */
+function explain(problem: Problem): string {
+  const fields = (problem.errors ?? []).map((e) => `${e.field}: ${e.message}`);
+  return [`${problem.status} ${problem.title}: ${problem.detail}`, ...fields].join("\n");
+}
+
+/** The description's length, as the issue's frontend computed it: `null` must be handled. */
+function descriptionLength(task: Task): number {
+  return task.description === null ? 0 : task.description.length;
+}
+
+export async function everyOperation(baseUrl: string, token: string, userId: string) {
+  const api = createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${token}` } });
+
+  const health = await api.GET("/health");
+  if (health.data) {
+    const jwks: "ok" | "unavailable" | undefined = health.data.jwks;
+    console.log(health.data.status, health.data.database, jwks);
+  }
+
+  // List with every parameter; the total comes in a header.
+  const listed = await api.GET("/api/tasks", {
+    params: { query: { status: "pending", sort: "updated", order: "desc", limit: 50, offset: 0 } },
+  });
+  if (listed.error) {
+    throw new Error(explain(listed.error));
+  }
+  const tasks: Task[] = listed.data;
+  const total = Number(listed.response.headers.get("X-Total-Count"));
+  console.log(tasks.map(descriptionLength), total);
+
+  // Create; the new task's ETag and Location are headers.
+  const created = await api.POST("/api/tasks", {
+    body: { title: "Buy groceries", description: "Milk, eggs", completed: false },
+  });
+  if (created.error) {
+    throw new Error(explain(created.error));
+  }
+  const task: Task = created.data;
+  const etag = created.response.headers.get("ETag") ?? "*";
+  console.log(created.response.headers.get("Location"));
+
+  // Get, asking whether it changed since the ETag we hold (304: no body).
+  const fetched = await api.GET("/api/tasks/{id}", {
+    params: { path: { id: task.id }, header: { "If-None-Match": etag } },
+  });
+  if (fetched.response.status === 304) {
+    console.log("unchanged");
+  } else if (fetched.data) {
+    console.log(descriptionLength(fetched.data));
+  }
+
+  // Update: clear the description with null, only if nobody changed the task meanwhile.
+  const updated = await api.PUT("/api/tasks/{id}", {
+    params: { path: { id: task.id }, header: { "If-Match": etag } },
+    body: { description: null },
+  });
+  if (updated.error) {
+    // 412 when the task moved on; 422 with `errors` when the body breaks the schema.
+    console.log(updated.response.status === 412 ? "reload first" : explain(updated.error));
+  }
+  const nextEtag = updated.response.headers.get("ETag") ?? "*";
+
+  // Toggle completion, guarded the same way.
+  const toggled = await api.PATCH("/api/tasks/{id}/complete", {
+    params: { path: { id: task.id }, header: { "If-Match": nextEtag } },
+  });
+  const completed: boolean | undefined = toggled.data?.completed;
+  console.log(completed);
+
+  // Delete: 204, no body.
+  const deleted = await api.DELETE("/api/tasks/{id}", { params: { path: { id: task.id } } });
+  if (deleted.error) {
+    console.log(explain(deleted.error));
+  }
+
+  // The same operations under the original frontend's paths.
+  const path = { user_id: userId };
+  const mine = await api.GET("/api/{user_id}/tasks", { params: { path, query: { status: "all" } } });
+  const own = await api.POST("/api/{user_id}/tasks", { params: { path }, body: { title: "Call mom" } });
+  if (own.data) {
+    const item = { ...path, id: own.data.id };
+    await api.GET("/api/{user_id}/tasks/{id}", { params: { path: item } });
+    await api.PUT("/api/{user_id}/tasks/{id}", {
+      params: { path: item },
+      body: { title: "Call mom tonight", completed: true },
+    });
+    await api.PATCH("/api/{user_id}/tasks/{id}/complete", { params: { path: item } });
+    await api.DELETE("/api/{user_id}/tasks/{id}", { params: { path: item } });
+  }
+  if (mine.error) {
+    // 403 exists on this style only: the path's user id is not the token's subject.
+    console.log(mine.response.status === 403 ? "not your list" : explain(mine.error));
+  }
+}
