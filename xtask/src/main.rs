@@ -5,8 +5,10 @@
 //! - `dev`: run the service locally, creating `.env` with a random secret on first use.
 //! - `resilience`: kill -9 mid-burst on both databases, and two processes on one PostgreSQL.
 //! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a long mixed workload.
+//! - `contract`: the spec checked by outside consumers: Redocly, a TypeScript frontend,
+//!   schemathesis, and Swagger UI in headless Chromium (needs Node, Python and Chromium).
 //!
-//! The last two run `tests/src/bin/evidence`: this crate depends only on `server`, so that
+//! The last three run `tests/src/bin/evidence`: this crate depends only on `server`, so that
 //! regenerating a broken `openapi.json` never needs the client generated from it.
 
 mod dev;
@@ -14,7 +16,7 @@ mod openapi;
 
 use std::{path::PathBuf, process::ExitCode};
 
-const USAGE: &str = "usage: cargo xtask openapi [--check] | dev | resilience | \
+const USAGE: &str = "usage: cargo xtask openapi [--check] | dev | resilience | contract | \
                      soak [--minutes N] [--users N] [--database postgres|sqlite]";
 
 fn main() -> ExitCode {
@@ -24,7 +26,7 @@ fn main() -> ExitCode {
         ["openapi"] => openapi::write(),
         ["openapi", "--check"] => openapi::check(),
         ["dev"] => dev::run(),
-        ["resilience"] | ["soak", ..] => evidence(&args),
+        ["resilience"] | ["contract"] | ["soak", ..] => evidence(&args),
         _ => Err(anyhow::anyhow!(USAGE)),
     };
     match result {

@@ -10,7 +10,7 @@ mod types;
 mod validation;
 
 use poem::{Endpoint, Route, endpoint::make_sync, web::Html};
-use poem_openapi::{LicenseObject, OpenApiService, Tags};
+use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -39,7 +39,9 @@ pub fn service() -> OpenApiService<Api, ()> {
         env!("CARGO_PKG_VERSION"),
     )
     .description(DESCRIPTION)
-    .license(LicenseObject::new("MIT"))
+    .license(LicenseObject::new("MIT").url("https://opensource.org/licenses/MIT"))
+    // Relative: the API is where its document is served (Swagger UI calls the same origin).
+    .server(ServerObject::new("/").description("the server this document is served by"))
 }
 
 /// The OpenAPI document as committed in `openapi.json` and served at `/openapi.json`.

@@ -6,14 +6,17 @@
 //!   server processes on one PostgreSQL; the servers' logs are checked for secrets.
 //! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a mixed workload; reports
 //!   requests, errors and the server's memory.
+//! - `contract`: `openapi.json` checked by outside consumers (Redocly, TypeScript,
+//!   schemathesis, Swagger UI in Chromium) against the server on PostgreSQL.
 
+mod contract;
 mod resilience;
 mod server_process;
 mod soak;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: evidence resilience | evidence soak [--minutes N] [--users N] [--database postgres|sqlite]";
+const USAGE: &str = "usage: evidence resilience | evidence contract | evidence soak [--minutes N] [--users N] [--database postgres|sqlite]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let result = match args.as_slice() {
         ["resilience"] => runtime.block_on(resilience::run()),
+        ["contract"] => runtime.block_on(contract::run()),
         ["soak", options @ ..] => {
             soak::Options::parse(options).and_then(|options| runtime.block_on(soak::run(options)))
         }

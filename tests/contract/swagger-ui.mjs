@@ -1,0 +1,110 @@
+// Swagger UI at /docs, used as a person would, in headless Chromium (Debian's, driven by
+// playwright-core): Authorize with a bearer token, then "Try it out" on create, list and
+// toggle; each must answer with its status and the task. The page must make no request to any
+// host but the server's own (its assets are embedded). On failure a screenshot is saved.
+//
+//   node swagger-ui.mjs BASE_URL TOKEN SCREENSHOT_DIR
+//
+// Run by `cargo xtask contract`, which starts the server and mints the token.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+import { chromium } from "playwright-core";
+
+const [baseUrl, token, screenshots] = process.argv.slice(2);
+if (!baseUrl || !token || !screenshots) {
+  console.error("usage: node swagger-ui.mjs BASE_URL TOKEN SCREENSHOT_DIR");
+  process.exit(2);
+}
+const origin = new URL(baseUrl).origin;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  // The flags that keep Chromium from calling home on a machine without internet.
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+const elsewhere = [];
+page.on("request", (request) => {
+  const url = new URL(request.url());
+  if (["http:", "https:", "ws:", "wss:"].includes(url.protocol) && url.origin !== origin) {
+    elsewhere.push(request.url());
+  }
+});
+
+/** Expands an operation, clicks "Try it out" and "Execute"; returns the live response. */
+async function tryItOut(operationId, tag, edit) {
+  const operation = page.locator(`#operations-${tag}-${operationId}`);
+  await operation.locator(".opblock-summary").first().click();
+  await operation.locator("button.try-out__btn").click();
+  if (edit) {
+    await edit(operation);
+  }
+  await operation.locator("button.execute").click();
+  const row = operation.locator(".live-responses-table tbody tr.response").first();
+  await row.waitFor({ timeout: 10_000 });
+  const status = Number((await row.locator("td.response-col_status").innerText()).trim());
+  const body = await row.locator("td.response-col_description pre").first().innerText();
+  await operation.locator(".opblock-summary").first().click(); // collapse again
+  return { status, body };
+}
+
+function expect(condition, message) {
+  if (!condition) {
+    throw new Error(message);
+  }
+}
+
+let failed = false;
+try {
+  await page.goto(`${baseUrl}/docs`, { waitUntil: "networkidle" });
+  await page.locator(".swagger-ui .info .title").waitFor();
+
+  // Authorize: the one bearer scheme, the token pasted once.
+  await page.locator(".scheme-container button.authorize").click();
+  const dialog = page.locator(".modal-ux");
+  await dialog.locator("input").first().fill(token);
+  await dialog.locator("button.authorize").first().click();
+  await dialog.locator("button.btn-done").click();
+
+  const title = `From Swagger UI ${Date.now()}`;
+  const created = await tryItOut("create_task", "Tasks", async (operation) => {
+    const body = operation.locator("textarea.body-param__text");
+    await body.fill(JSON.stringify({ title, description: null }));
+  });
+  expect(created.status === 201, `create answered ${created.status}: ${created.body}`);
+  const task = JSON.parse(created.body);
+  expect(task.title === title && task.description === null, `created ${created.body}`);
+
+  const listed = await tryItOut("list_tasks", "Tasks");
+  expect(listed.status === 200, `list answered ${listed.status}: ${listed.body}`);
+  expect(JSON.parse(listed.body).some((t) => t.id === task.id), `the list lacks ${task.id}`);
+
+  const toggled = await tryItOut("toggle_task", "Tasks", async (operation) => {
+    await operation.locator("tr[data-param-name='id'] input").fill(String(task.id));
+  });
+  expect(toggled.status === 200, `toggle answered ${toggled.status}: ${toggled.body}`);
+  const after = JSON.parse(toggled.body);
+  expect(after.id === task.id && after.completed === true, `toggled ${toggled.body}`);
+
+  expect(elsewhere.length === 0, `requests to other hosts: ${elsewhere.join(", ")}`);
+  console.log(`Swagger UI: authorized; create 201, list 200, toggle 200 (task ${task.id}); no other host`);
+} catch (error) {
+  failed = true;
+  mkdirSync(screenshots, { recursive: true });
+  const file = join(screenshots, "swagger-ui-failure.png");
+  await page.screenshot({ path: file, fullPage: true }).catch(() => {});
+  console.error(`Swagger UI check failed: ${error.message}\nscreenshot: ${file}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
