@@ -6,6 +6,7 @@
 
 pub mod contract;
 pub mod logs;
+pub mod pgbouncer;
 pub mod postgres;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -27,6 +28,21 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL behind PgBouncer in transaction mode, with the statement cache off
+    /// (`DATABASE_STATEMENT_CACHE=0`), as behind a pooler without prepared statements.
+    PgBouncer,
+}
+
+impl Backend {
+    /// How the service connects to this backend.
+    pub fn connect_options(self) -> ConnectOptions {
+        match self {
+            Backend::PgBouncer => {
+                ConnectOptions { statement_cache_capacity: 0, ..ConnectOptions::default() }
+            }
+            Backend::Sqlite | Backend::Postgres => ConnectOptions::default(),
+        }
+    }
 }
 
 /// A running server and the database behind it; stops when dropped.
@@ -58,6 +74,7 @@ impl Database {
                 Self { url, _dir: Some(dir) }
             }
             Backend::Postgres => Self { url: postgres::fresh_database().await, _dir: None },
+            Backend::PgBouncer => Self { url: postgres::fresh_pooled_database().await, _dir: None },
         }
     }
 }
@@ -72,6 +89,8 @@ pub struct Options {
     pub jwks: Option<JwksSettings>,
     /// Leave out the shared secret (JWKS only).
     pub no_shared_secret: bool,
+    /// How the store connects (set from the backend by [`TestServer::start_with`]).
+    pub connect: ConnectOptions,
 }
 
 impl TestServer {
@@ -80,8 +99,9 @@ impl TestServer {
         Self::start_with(backend, Options::default()).await
     }
 
-    pub async fn start_with(backend: Backend, options: Options) -> Self {
+    pub async fn start_with(backend: Backend, mut options: Options) -> Self {
         let database = Database::fresh(backend).await;
+        options.connect = backend.connect_options();
         let mut server = Self::start_on(&database.url, options).await;
         server._database = Some(database);
         server
@@ -90,7 +110,7 @@ impl TestServer {
     /// A server over an existing database URL.
     pub async fn start_on(database_url: &str, options: Options) -> Self {
         logs::capture();
-        let store = server::store::connect(database_url, &ConnectOptions::default())
+        let store = server::store::connect(database_url, &options.connect)
             .await
             .expect("connect the store");
         let sources = KeySources {
@@ -235,10 +255,11 @@ pub fn problem<T: std::fmt::Debug>(
     }
 }
 
-/// Runs the same async test body on every backend: `on_both_databases!(name, …)` expects an
-/// `async fn name(backend: Backend)` in scope and makes `sqlite::name` and `postgres::name`.
+/// Runs the same async test body on every backend: `on_every_database!(name, …)` expects an
+/// `async fn name(backend: Backend)` in scope and makes `sqlite::name`, `postgres::name` and
+/// `pgbouncer::name`.
 #[macro_export]
-macro_rules! on_both_databases {
+macro_rules! on_every_database {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -253,6 +274,14 @@ macro_rules! on_both_databases {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::Backend::Postgres).await
+                }
+            )*
+        }
+        mod pgbouncer {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::PgBouncer).await
                 }
             )*
         }

@@ -11,6 +11,8 @@ use std::{
 
 use sqlx::{Connection, PgConnection};
 
+use crate::pgbouncer::PgBouncer;
+
 /// A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 on a free port.
 pub struct PgCluster {
     pub port: u16,
@@ -149,20 +151,41 @@ impl Drop for PgCluster {
 
 /// A new, empty database on the shared server; returns its URL.
 pub async fn fresh_database() -> String {
+    let admin_url = admin_url();
+    let name = create_database(&admin_url).await;
+    with_database(&admin_url, &name)
+}
+
+/// A new, empty database on the shared server, reached through the shared PgBouncer (in
+/// transaction mode); returns its URL.
+pub async fn fresh_pooled_database() -> String {
+    static BOUNCER: OnceLock<PgBouncer> = OnceLock::new();
+    let admin_url = admin_url();
+    let name = create_database(&admin_url).await;
+    let bouncer = BOUNCER.get_or_init(|| PgBouncer::start(&admin_url));
+    format!("postgres://postgres:{}@127.0.0.1:{}/{name}", crate::logs::DB_PASSWORD, bouncer.port)
+}
+
+/// A superuser URL of the shared server: `TEST_DATABASE_URL`, or a throwaway cluster's.
+fn admin_url() -> String {
     static SHARED: OnceLock<PgCluster> = OnceLock::new();
-    let admin_url = match std::env::var("TEST_DATABASE_URL") {
+    match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => SHARED.get_or_init(PgCluster::start).admin_url(),
-    };
+    }
+}
+
+/// Creates a database with a new name on the server `admin_url` names; returns the name.
+async fn create_database(admin_url: &str) -> String {
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url).await.expect("connect as admin");
+    let mut admin = PgConnection::connect(admin_url).await.expect("connect as admin");
     // The name is ours (a UUID), not input: safe to splice.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
         .expect("create a test database");
     admin.close().await.ok();
-    with_database(&admin_url, &name)
+    name
 }
 
 /// `url` with its database name replaced by `name`.
@@ -179,7 +202,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
         Command::new("id")
@@ -189,7 +212,7 @@ fn is_root() -> bool {
     })
 }
 
-fn as_postgres(program: &Path) -> Command {
+pub(crate) fn as_postgres(program: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -225,7 +248,7 @@ fn bin_dir() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

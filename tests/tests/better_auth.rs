@@ -9,7 +9,7 @@
 
 use std::{path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 
-use integration_tests::{Backend, Options, TestServer, on_both_databases};
+use integration_tests::{Backend, Options, TestServer, on_every_database};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use server::config::Config;
@@ -18,7 +18,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-on_both_databases!(better_auth_jwt_plugin_tokens_are_accepted);
+on_every_database!(better_auth_jwt_plugin_tokens_are_accepted);
 
 const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
 

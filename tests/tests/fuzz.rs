@@ -176,3 +176,8 @@ fn bad_input_never_panics_or_5xx_on_sqlite() {
 fn bad_input_never_panics_or_5xx_on_postgres() {
     run(Backend::Postgres);
 }
+
+#[test]
+fn bad_input_never_panics_or_5xx_behind_pgbouncer() {
+    run(Backend::PgBouncer);
+}

@@ -423,3 +423,8 @@ fn users_only_ever_see_and_change_their_own_tasks_on_sqlite() {
 fn users_only_ever_see_and_change_their_own_tasks_on_postgres() {
     run(Backend::Postgres);
 }
+
+#[test]
+fn users_only_ever_see_and_change_their_own_tasks_behind_pgbouncer() {
+    run(Backend::PgBouncer);
+}

@@ -12,7 +12,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use integration_tests::{Backend, Options, SECRET, TestServer, now, on_both_databases, token};
+use integration_tests::{Backend, Options, SECRET, TestServer, now, on_every_database, token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{EndpointExt as _, Response, Route, endpoint::make_sync, http::StatusCode};
 use reqwest::{Method, header};
@@ -22,7 +22,7 @@ use server::{
     config::Config,
 };
 
-on_both_databases!(
+on_every_database!(
     eddsa_tokens_verify_by_kid_and_rotation_is_picked_up,
     no_key_set_is_503_and_a_failing_jwks_never_lets_a_token_through,
     both_key_sources_serve_side_by_side,

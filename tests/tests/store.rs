@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use integration_tests::{Backend, Database, on_both_databases};
+use integration_tests::{Backend, Database, on_every_database};
 use server::store::{
-    self, ConnectOptions, ListQuery, NewTask, Precondition, SortKey, SortOrder, StatusFilter,
-    TaskPatch, TaskStore, Written,
+    self, ListQuery, NewTask, Precondition, SortKey, SortOrder, StatusFilter, TaskPatch, TaskStore,
+    Written,
 };
 
 const ANY: &Precondition = &Precondition(None);
 
-on_both_databases!(
+on_every_database!(
     every_call_is_scoped_by_owner,
     patches_change_only_what_they_name,
     updated_at_strictly_increases_even_within_a_clock_tick,
@@ -22,7 +22,7 @@ on_both_databases!(
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
     let database = Database::fresh(backend).await;
-    let store = store::connect(&database.url, &ConnectOptions::default()).await.unwrap();
+    let store = store::connect(&database.url, &backend.connect_options()).await.unwrap();
     (store, database)
 }
 

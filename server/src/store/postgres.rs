@@ -2,10 +2,14 @@
 //!
 //! Prepared statements: sqlx caches one named prepared statement per SQL text per connection.
 //! Neon's pooler (PgBouncer in transaction mode with `max_prepared_statements`) supports
-//! protocol-level prepared statements, so the cache stays on; `DATABASE_STATEMENT_CACHE=0`
-//! turns it off for a pooler that does not.
+//! protocol-level prepared statements, so the cache stays on. `DATABASE_STATEMENT_CACHE=0` is
+//! for a pooler that does not (PgBouncer before 1.21, several hosted poolers): then only
+//! unnamed statements are sent, and each store call runs in one transaction, because sqlx
+//! parses an unnamed statement and executes it in two round trips, which a transaction-mode
+//! pooler may otherwise send to two different server connections. Nothing outlives the
+//! transaction. Migrations always work that way (see [`migrate`]).
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -21,6 +25,8 @@ use super::{
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Named prepared statements may be used (`DATABASE_STATEMENT_CACHE` is not 0).
+    prepared: bool,
 }
 
 #[derive(FromRow)]
@@ -50,12 +56,90 @@ impl PostgresStore {
             .idle_timeout(std::time::Duration::from_secs(60))
             .connect_lazy_with(connect_options);
 
-        sqlx::migrate!("../migrations/postgres")
-            .run(&pool)
-            .await
-            .context("applying PostgreSQL migrations failed")?;
-        Ok(Self { pool })
+        migrate(&pool).await.context("applying PostgreSQL migrations failed")?;
+        Ok(Self { pool, prepared: options.statement_cache_capacity > 0 })
     }
+
+    /// Runs one store call's statements on one connection; without prepared statements inside
+    /// a transaction (see the module documentation).
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> StoreResult<T> {
+        if self.prepared {
+            let mut connection = self.pool.acquire().await?;
+            Ok(work(&mut connection).await?)
+        } else {
+            let mut transaction = self.pool.begin().await?;
+            let output = work(&mut transaction).await?;
+            transaction.commit().await?;
+            Ok(output)
+        }
+    }
+}
+
+/// The embedded migrations, applied in one transaction under a transaction-scoped advisory
+/// lock, with only unnamed statements. sqlx's own runner takes a session-level lock and uses
+/// named prepared statements, neither of which holds behind a transaction-mode pooler; this
+/// holds there and on a direct connection alike, with several instances starting at once (the
+/// others wait for the lock, then find nothing to do). The bookkeeping is sqlx's own
+/// `_sqlx_migrations` table, so `sqlx migrate` and this runner understand each other.
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let migrator = sqlx::migrate!("../migrations/postgres");
+    let mut transaction = pool.begin().await?;
+    sqlx::raw_sql("SELECT pg_advisory_xact_lock(hashtext('task-api migrations'))")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+             version BIGINT PRIMARY KEY,
+             description TEXT NOT NULL,
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+             success BOOLEAN NOT NULL,
+             checksum BYTEA NOT NULL,
+             execution_time BIGINT NOT NULL
+         )",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+            .persistent(false)
+            .fetch_all(&mut *transaction)
+            .await?;
+    for migration in migrator.iter().filter(|m| !m.migration_type.is_down_migration()) {
+        match applied.iter().find(|(version, ..)| *version == migration.version) {
+            Some((version, _, false)) => {
+                anyhow::bail!("migration {version} failed earlier: fix it by hand")
+            }
+            Some((version, checksum, true)) if **checksum != *migration.checksum => {
+                anyhow::bail!("migration {version} was changed after it was applied")
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        anyhow::ensure!(
+            !migration.no_tx,
+            "migration {} must run in a transaction",
+            migration.version
+        );
+        let started = Instant::now();
+        sqlx::raw_sql(migration.sql.clone()).execute(&mut *transaction).await?;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ($1, $2, TRUE, $3, $4)",
+        )
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .bind(started.elapsed().as_nanos() as i64)
+        .persistent(false)
+        .execute(&mut *transaction)
+        .await?;
+        tracing::info!(version = migration.version, description = %migration.description, "applied a migration");
+    }
+    transaction.commit().await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -72,7 +156,9 @@ impl TaskStore for PostgresStore {
             sql.push(" LIMIT ").push_bind(limit);
         }
         sql.push(" OFFSET ").push_bind(query.offset);
-        let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<ListedRow> = self
+            .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
+            .await?;
         let total = match rows.first() {
             Some(row) => row.total,
             // An offset past the end returns no rows, and so no window count either.
@@ -83,27 +169,36 @@ impl TaskStore for PostgresStore {
     }
 
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
-        Ok(sqlx::query_as(
-            "INSERT INTO tasks (user_id, title, description, completed) VALUES ($1, $2, $3, $4) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
-        .bind(owner)
-        .bind(&task.title)
-        .bind(&task.description)
-        .bind(task.completed)
-        .fetch_one(&self.pool)
-        .await?)
+        self.call(async |db| {
+            sqlx::query_as(
+                "INSERT INTO tasks (user_id, title, description, completed) \
+                 VALUES ($1, $2, $3, $4) \
+                 RETURNING id, user_id, title, description, completed, created_at, updated_at",
+            )
+            .bind(owner)
+            .bind(&task.title)
+            .bind(&task.description)
+            .bind(task.completed)
+            .persistent(self.prepared)
+            .fetch_one(db)
+            .await
+        })
+        .await
     }
 
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        Ok(sqlx::query_as(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at \
-             FROM tasks WHERE id = $1 AND user_id = $2",
-        )
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?)
+        self.call(async |db| {
+            sqlx::query_as(
+                "SELECT id, user_id, title, description, completed, created_at, updated_at \
+                 FROM tasks WHERE id = $1 AND user_id = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .persistent(self.prepared)
+            .fetch_optional(db)
+            .await
+        })
+        .await
     }
 
     async fn update(
@@ -114,8 +209,10 @@ impl TaskStore for PostgresStore {
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
         // `updated_at` strictly moves forward even if two writes share a clock tick.
-        let row = sqlx::query_as(
-            "UPDATE tasks SET \
+        let row = self
+            .call(async |db| {
+                sqlx::query_as(
+                    "UPDATE tasks SET \
                  title = COALESCE($3, title), \
                  description = CASE WHEN $4 THEN $5 ELSE description END, \
                  completed = COALESCE($6, completed), \
@@ -123,16 +220,19 @@ impl TaskStore for PostgresStore {
              WHERE id = $1 AND user_id = $2 \
                AND ($7::timestamptz[] IS NULL OR updated_at = ANY($7)) \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(&patch.title)
-        .bind(patch.description.is_some())
-        .bind(patch.description.as_ref().and_then(Option::as_deref))
-        .bind(patch.completed)
-        .bind(precondition.0.as_deref())
-        .fetch_optional(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(&patch.title)
+                .bind(patch.description.is_some())
+                .bind(patch.description.as_ref().and_then(Option::as_deref))
+                .bind(patch.completed)
+                .bind(precondition.0.as_deref())
+                .persistent(self.prepared)
+                .fetch_optional(db)
+                .await
+            })
+            .await?;
         written(row, precondition, || self.exists(owner, id)).await
     }
 
@@ -142,18 +242,23 @@ impl TaskStore for PostgresStore {
         id: i64,
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
-        let row = sqlx::query_as(
-            "UPDATE tasks SET completed = NOT completed, \
+        let row = self
+            .call(async |db| {
+                sqlx::query_as(
+                    "UPDATE tasks SET completed = NOT completed, \
                  updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
              WHERE id = $1 AND user_id = $2 \
                AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3)) \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(precondition.0.as_deref())
-        .fetch_optional(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(precondition.0.as_deref())
+                .persistent(self.prepared)
+                .fetch_optional(db)
+                .await
+            })
+            .await?;
         written(row, precondition, || self.exists(owner, id)).await
     }
 
@@ -163,21 +268,27 @@ impl TaskStore for PostgresStore {
         id: i64,
         precondition: &Precondition,
     ) -> StoreResult<Written<()>> {
-        let result = sqlx::query(
-            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
+        let result = self
+            .call(async |db| {
+                sqlx::query(
+                    "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
                AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3))",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(precondition.0.as_deref())
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(precondition.0.as_deref())
+                .persistent(self.prepared)
+                .execute(db)
+                .await
+            })
+            .await?;
         let row = (result.rows_affected() == 1).then_some(());
         written(row, precondition, || self.exists(owner, id)).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.call(async |db| sqlx::query("SELECT 1").persistent(self.prepared).execute(db).await)
+            .await?;
         Ok(())
     }
 }
@@ -191,6 +302,7 @@ impl PostgresStore {
         let mut sql = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM tasks WHERE user_id = ");
         sql.push_bind(owner);
         sql.push(status_condition(status));
-        Ok(sql.build_query_scalar().fetch_one(&self.pool).await?)
+        self.call(async |db| sql.build_query_scalar().persistent(self.prepared).fetch_one(db).await)
+            .await
     }
 }
