@@ -96,6 +96,12 @@ async fn health_reports_the_database(backend: Backend) {
     assert_eq!(health.status, client_sdk::types::HealthStatus::Healthy);
     assert_eq!(health.database, client_sdk::types::DatabaseStatus::Ok);
     assert_eq!(health.jwks, None, "no jwks field without a JWKS");
+    let anonymous = server.anonymous();
+    let live = anonymous.live().send().await.unwrap();
+    assert_eq!(live.status, client_sdk::types::LiveStatus::Alive);
+    let ready = anonymous.ready().send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.status, client_sdk::types::HealthStatus::Healthy);
 }
 
 async fn docs_and_spec_are_served(backend: Backend) {

@@ -371,6 +371,9 @@ async fn the_key_set_is_fetched_at_start_and_health_reports_it() {
     let degraded = health_response.into_inner();
     assert_eq!(degraded.status, HealthStatus::Degraded);
     assert_eq!(degraded.jwks, Some(JwksStatus::Unavailable));
+    // Not ready for traffic while no key set has loaded.
+    let ready = server.raw().request(Method::GET, "/health/ready").send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
     assert_eq!(status(&server, &token("hs-user")).await.0, 200);
     assert_eq!(status(&server, &eddsa_token(KEY_1.0, "k1", "alice")).await.0, 503);
 
@@ -384,6 +387,7 @@ async fn the_key_set_is_fetched_at_start_and_health_reports_it() {
     assert!(statuses.iter().all(|(code, _)| *code == 200), "{statuses:?}");
     assert_eq!(down.fetches(), before + 1, "20 concurrent requests, one fetch");
     assert_eq!(health(&server).await.status, HealthStatus::Healthy);
+    assert_eq!(server.anonymous().ready().send().await.unwrap().status(), StatusCode::OK);
 }
 
 /// The contract: at most one request to the key set per 30 s once a key set has loaded, failed

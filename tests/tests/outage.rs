@@ -79,6 +79,12 @@ async fn database_outage_is_503_and_recovers_without_restart() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let body: serde_json::Value = health.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"status": "unhealthy", "database": "unreachable"}));
+    // Not ready for traffic, but alive: an orchestrator must not restart it for this.
+    let ready = raw.request(Method::GET, "/health/ready").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.headers().contains_key(header::RETRY_AFTER));
+    let live = raw.request(Method::GET, "/health/live").send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
     println!("outage: slowest 503 took {slowest:?}");
 
     tokio::task::block_in_place(|| cluster.resume());

@@ -1,5 +1,9 @@
-//! `GET /health`: liveness plus a bounded database round trip, for load balancers and humans;
-//! in JWKS mode it also says whether Better Auth's key set has loaded.
+//! Health for load balancers, orchestrators and humans, without authentication:
+//! - `GET /health`: a bounded database round trip; in JWKS mode also whether Better Auth's key
+//!   set has loaded (the existing frontend's check; a missing key set is only `degraded`);
+//! - `GET /health/live`: the process serves (no database call): restart it if not;
+//! - `GET /health/ready`: the database answers and, in JWKS mode, a key set has loaded: send it
+//!   traffic only then.
 
 use std::time::Duration;
 
@@ -65,10 +69,67 @@ pub enum HealthResponse {
     ),
 }
 
+/// The process is alive.
+#[derive(Debug, Object)]
+pub struct Liveness {
+    pub status: LiveStatus,
+}
+
+/// Always `alive` (a process that is not answers nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum LiveStatus {
+    Alive,
+}
+
+#[derive(ApiResponse)]
+pub enum LiveResponse {
+    /// The process serves requests.
+    #[oai(status = 200)]
+    Alive(Json<Liveness>),
+}
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Ready for traffic: the database answers and, in JWKS mode, a key set has loaded.
+    #[oai(status = 200)]
+    Ready(Json<Health>),
+    /// Not ready: the database does not answer within a second, or (in JWKS mode) no key set
+    /// has loaded yet.
+    #[oai(status = 503)]
+    NotReady(
+        Json<Health>,
+        /// Seconds to wait before asking again.
+        #[oai(header = "Retry-After")]
+        String,
+    ),
+}
+
 pub struct HealthApi;
 
 #[OpenApi]
 impl HealthApi {
+    /// Check liveness
+    ///
+    /// No authentication, no database call: 200 whenever the process serves requests.
+    #[oai(path = "/health/live", method = "get", operation_id = "live", tag = "ApiTags::Health")]
+    async fn live(&self) -> LiveResponse {
+        LiveResponse::Alive(Json(Liveness { status: LiveStatus::Alive }))
+    }
+
+    /// Check readiness
+    ///
+    /// No authentication. 200 when a `SELECT 1` succeeds within a second and, in JWKS mode,
+    /// Better Auth's key set has loaded; else 503 with the same body as `/health`.
+    #[oai(path = "/health/ready", method = "get", operation_id = "ready", tag = "ApiTags::Health")]
+    async fn ready(&self, state: Data<&AppState>) -> ReadyResponse {
+        let health = check(&state).await;
+        match health.status {
+            HealthStatus::Healthy => ReadyResponse::Ready(Json(health)),
+            _ => ReadyResponse::NotReady(Json(health), crate::error::RETRY_AFTER_SECS.into()),
+        }
+    }
+
     /// Check health
     ///
     /// No authentication. 200 when a `SELECT 1` succeeds within a second, else 503. In JWKS
@@ -76,30 +137,33 @@ impl HealthApi {
     /// is `degraded` (still 200).
     #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
-        let jwks = state.verifier.key_set_loaded().map(|loaded| match loaded {
-            true => JwksStatus::Ok,
-            false => JwksStatus::Unavailable,
-        });
-        match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
-            Ok(Ok(())) => HealthResponse::Healthy(Json(Health {
-                status: match jwks {
-                    Some(JwksStatus::Unavailable) => HealthStatus::Degraded,
-                    _ => HealthStatus::Healthy,
-                },
-                database: DatabaseStatus::Ok,
-                jwks,
-            })),
-            outcome => {
-                tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
-                HealthResponse::Unhealthy(
-                    Json(Health {
-                        status: HealthStatus::Unhealthy,
-                        database: DatabaseStatus::Unreachable,
-                        jwks,
-                    }),
-                    crate::error::RETRY_AFTER_SECS.into(),
-                )
+        let health = check(&state).await;
+        match health.database {
+            DatabaseStatus::Ok => HealthResponse::Healthy(Json(health)),
+            DatabaseStatus::Unreachable => {
+                HealthResponse::Unhealthy(Json(health), crate::error::RETRY_AFTER_SECS.into())
             }
         }
     }
+}
+
+/// The database (a bounded `SELECT 1`) and, in JWKS mode, the key set.
+async fn check(state: &AppState) -> Health {
+    let jwks = state.verifier.key_set_loaded().map(|loaded| match loaded {
+        true => JwksStatus::Ok,
+        false => JwksStatus::Unavailable,
+    });
+    let database = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => DatabaseStatus::Ok,
+        outcome => {
+            tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
+            DatabaseStatus::Unreachable
+        }
+    };
+    let status = match (database, jwks) {
+        (DatabaseStatus::Unreachable, _) => HealthStatus::Unhealthy,
+        (DatabaseStatus::Ok, Some(JwksStatus::Unavailable)) => HealthStatus::Degraded,
+        (DatabaseStatus::Ok, _) => HealthStatus::Healthy,
+    };
+    Health { status, database, jwks }
 }

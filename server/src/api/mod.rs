@@ -91,6 +91,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "duplicate operationId");
-        assert_eq!(count, 13);
+        assert_eq!(count, 15);
     }
 }

@@ -121,7 +121,8 @@ impl From<sqlx::Error> for StoreError {
 
 /// Errors that mean "the database is not reachable or not ready": a 503, and worth a retry at
 /// start-up. PostgreSQL classes 08 (connection) and 57P (shutting down, starting up); SQLite's
-/// BUSY (5) and LOCKED (6).
+/// BUSY (5) and LOCKED (6) with every extended code of theirs (`SQLITE_BUSY_SNAPSHOT` is 517:
+/// the primary code is the low byte).
 fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
@@ -129,10 +130,13 @@ fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some(c) if c.starts_with("57P") || c.starts_with("08") || c == "5" || c == "6"
-        ),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) if code.starts_with("57P") || code.starts_with("08") => true,
+            Some(code) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+                code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -281,6 +285,33 @@ fn order_by(sort: SortKey, order: SortOrder) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::{Connection as _, SqliteConnection};
+
+    /// A write from a read snapshot that another connection's commit made stale is
+    /// `SQLITE_BUSY_SNAPSHOT` (517), whatever the busy timeout: a 503, like plain BUSY.
+    #[tokio::test]
+    async fn sqlite_busy_in_every_extended_form_is_transient() {
+        let path = std::env::temp_dir().join(format!("busy-{}.db", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut first = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("PRAGMA journal_mode=WAL; CREATE TABLE t (x INTEGER)")
+            .execute(&mut first)
+            .await
+            .unwrap();
+        let mut second = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN; SELECT count(*) FROM t").execute(&mut first).await.unwrap();
+        sqlx::raw_sql("INSERT INTO t VALUES (1)").execute(&mut second).await.unwrap();
+        let err = sqlx::raw_sql("INSERT INTO t VALUES (2)").execute(&mut first).await.unwrap_err();
+        let code = err.as_database_error().and_then(|db| db.code()).map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("517"), "{err}");
+        assert!(super::is_transient(&err));
+        assert!(matches!(super::StoreError::from(err), super::StoreError::Unavailable(_)));
+        drop((first, second));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     /// Both databases must go through the same schema versions.
     #[test]
     fn both_migration_folders_define_the_same_versions() {
