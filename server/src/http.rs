@@ -63,18 +63,16 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
 /// out: closing the connection under a client that is still sending would make it see a reset
 /// instead of the answer.
 ///
-/// Only `POST` and `PUT` read a body; on every other method it is ignored unread, as the
-/// contract says, and so never answered with a 413.
+/// Only `POST` and `PUT` take a body; on every other method one sent is drained the same way
+/// and ignored, as the contract says, and so never answered with a 413.
 pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    if !matches!(*req.method(), Method::POST | Method::PUT) {
-        return Ok(next.call(req).await?.into_response());
-    }
+    let takes_body = matches!(*req.method(), Method::POST | Method::PUT);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_DRAINED_BYTES as u64) {
+    if takes_body && declared.is_some_and(|len| len > MAX_DRAINED_BYTES as u64) {
         return Err(ApiError::PayloadTooLarge.into());
     }
     let mut chunks = req.take_body().into_bytes_stream();
@@ -87,11 +85,11 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
         if seen > MAX_DRAINED_BYTES {
             break;
         }
-        if seen <= MAX_BODY_BYTES {
+        if takes_body && seen <= MAX_BODY_BYTES {
             body.extend_from_slice(&chunk);
         }
     }
-    if seen > MAX_BODY_BYTES {
+    if takes_body && seen > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge.into());
     }
     req.set_body(body);

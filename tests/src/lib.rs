@@ -53,6 +53,8 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     /// Responses that broke the contract, one line each.
     violations: Violations,
+    /// Log lines the capture had seen when this server started.
+    log_lines_at_start: u64,
     _database: Option<Database>,
 }
 
@@ -63,6 +65,16 @@ type Violations = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 pub struct Database {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Database {
+    /// Databases made on `TEST_DATABASE_URL`'s server are dropped (a throwaway cluster goes
+    /// whole).
+    fn drop(&mut self) {
+        if self._dir.is_none() {
+            postgres::drop_on_shared_server(&self.url);
+        }
+    }
 }
 
 impl Database {
@@ -136,6 +148,7 @@ impl TestServer {
             database_url: database_url.to_owned(),
             shutdown: Some(shutdown),
             violations,
+            log_lines_at_start: logs::leaks().1,
             _database: None,
         }
     }
@@ -169,8 +182,10 @@ impl Drop for TestServer {
             let _ = shutdown.send(());
         }
         if !std::thread::panicking() {
-            let (leaks, _) = logs::leaks();
+            let (leaks, lines) = logs::leaks();
             assert!(leaks.is_empty(), "a secret, password or token was logged: {leaks:?}");
+            // Every request logs a line: a scan that saw none proves nothing.
+            assert!(lines > self.log_lines_at_start, "no log line was captured: is the scan on?");
             let violations = self.violations.lock().unwrap();
             assert!(violations.is_empty(), "responses broke openapi.json: {violations:#?}");
         }

@@ -166,6 +166,30 @@ pub async fn fresh_pooled_database() -> String {
     format!("postgres://postgres:{}@127.0.0.1:{}/{name}", crate::logs::DB_PASSWORD, bouncer.port)
 }
 
+/// Drops the database `url` names if it is on `TEST_DATABASE_URL`'s server, which outlives the
+/// tests (terminating what is still connected to it).
+pub fn drop_on_shared_server(url: &str) {
+    let Some(admin_url) = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        return;
+    };
+    let Some(name) = url.split('?').next().and_then(|base| base.rsplit('/').next()) else {
+        return;
+    };
+    if !name.starts_with("test_") || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return;
+    }
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    // Drop runs outside any runtime (or inside one that must not block): a thread of its own.
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        runtime.block_on(async {
+            let mut admin = PgConnection::connect(&admin_url).await.ok()?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.ok()
+        })
+    });
+    let _ = dropped.join();
+}
+
 /// A superuser URL of the shared server: `TEST_DATABASE_URL`, or a throwaway cluster's.
 fn admin_url() -> String {
     static SHARED: OnceLock<PgCluster> = OnceLock::new();

@@ -137,10 +137,12 @@ fn run(backend: Backend) {
             if authenticated {
                 request = request.bearer_auth(&auth);
             }
-            let response = runtime.block_on(request.send());
-            let Ok(response) = response else {
-                // reqwest refusing to build the URL is not the server's doing.
-                return Ok(());
+            let response = match runtime.block_on(request.send()) {
+                Ok(response) => response,
+                // reqwest refusing to build the request (a URL it cannot parse) is not the
+                // server's doing; a reset connection or a timeout is.
+                Err(err) if err.is_builder() => return Ok(()),
+                Err(err) => return Err(TestCaseError::fail(format!("{method} {url}: {err}"))),
             };
             let status = response.status();
             *statuses.lock().unwrap().entry(status.as_u16()).or_default() += 1;
