@@ -50,6 +50,19 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Prepared statements cached per PostgreSQL connection (`DATABASE_STATEMENT_CACHE`).
     pub statement_cache_capacity: usize,
+    /// Where `/metrics` is served (`METRICS`, `METRICS_ADDR`).
+    pub metrics: MetricsListener,
+}
+
+/// Where `GET /metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListener {
+    /// `METRICS=off`.
+    Off,
+    /// Beside the API (the default).
+    Api,
+    /// On a listener of its own (`METRICS_ADDR`), e.g. one only the scraper can reach.
+    Own(std::net::SocketAddr),
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tasks.db";
@@ -161,6 +174,21 @@ impl Config {
                 100
             });
 
+        let metrics = match (get("METRICS").as_deref(), get("METRICS_ADDR")) {
+            (Some("off"), _) => MetricsListener::Off,
+            (None | Some("on"), None) => MetricsListener::Api,
+            (None | Some("on"), Some(address)) => {
+                address.parse().map(MetricsListener::Own).unwrap_or_else(|_| {
+                    problems.push("METRICS_ADDR must be IP:PORT, e.g. 127.0.0.1:9100".to_owned());
+                    MetricsListener::Api
+                })
+            }
+            (Some(_), _) => {
+                problems.push("METRICS must be on or off".to_owned());
+                MetricsListener::Api
+            }
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -175,6 +203,7 @@ impl Config {
             port,
             log_format,
             statement_cache_capacity,
+            metrics,
         })
     }
 
@@ -333,6 +362,17 @@ mod tests {
             assert_eq!(err.0.len(), 1, "{err}");
             assert!(err.0[0].contains("BETTER_AUTH_URL") && err.0[0].contains("JWT_ISSUER"));
         }
+    }
+
+    #[test]
+    fn metrics_are_on_beside_the_api_unless_moved_or_off() {
+        let secret = ("BETTER_AUTH_SECRET", "s");
+        assert_eq!(config(&[secret]).unwrap().metrics, MetricsListener::Api);
+        assert_eq!(config(&[secret, ("METRICS", "off")]).unwrap().metrics, MetricsListener::Off);
+        let own = config(&[secret, ("METRICS_ADDR", "127.0.0.1:9100")]).unwrap().metrics;
+        assert_eq!(own, MetricsListener::Own("127.0.0.1:9100".parse().unwrap()));
+        let err = config(&[secret, ("METRICS", "maybe"), ("METRICS_ADDR", "x")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use poem::{
     http::{HeaderValue, StatusCode, header},
 };
 use poem_openapi::{
-    ApiResponse, Enum, Object,
+    ApiResponse, Enum, Object, OperationId,
     error::{ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError},
     registry::{MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
@@ -194,7 +194,10 @@ impl ResponseError for ApiError {
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::KeysUnavailable => ApiError::Unavailable,
+            AuthError::KeysUnavailable => {
+                crate::metrics::unavailable("key_set");
+                ApiError::Unavailable
+            }
             other => ApiError::Unauthorized(other),
         }
     }
@@ -205,6 +208,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Unavailable(reason) => {
                 tracing::warn!(%reason, "database unavailable");
+                crate::metrics::unavailable("database");
                 ApiError::Unavailable
             }
             StoreError::Internal(err) => {
@@ -315,12 +319,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The catch-all: every error that reaches the top becomes a problem response.
+/// The catch-all: every error that reaches the top becomes a problem response (which keeps the
+/// operation's id, for the access log and the metrics).
 pub async fn problem_response(err: poem::Error) -> Response {
-    if let Some(api_error) = err.downcast_ref::<ApiError>() {
-        return api_error.as_response();
+    let mut response = match err.downcast_ref::<ApiError>() {
+        Some(api_error) => api_error.as_response(),
+        None => from_framework(&err).as_response(),
+    };
+    if let Some(operation) = err.data::<OperationId>() {
+        response.set_data(*operation);
     }
-    from_framework(&err).as_response()
+    response
 }
 
 /// Classifies the framework's own errors, with details that name the culprit but no internals.

@@ -1,4 +1,5 @@
-//! Cross-cutting HTTP layers: request ids and access logs, the body-size limit, and CORS.
+//! Cross-cutting HTTP layers: request ids, access logs and request metrics, the body-size
+//! limit, and CORS.
 
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use poem::{
     http::{HeaderName, HeaderValue, Method, header},
     middleware::Cors,
 };
+use poem_openapi::OperationId;
 use tracing::Instrument as _;
 
 use crate::{error::ApiError, limits::MAX_BODY_BYTES};
@@ -39,10 +41,14 @@ pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<R
         Err(err) => err.into_response(),
     };
     response.headers_mut().insert(REQUEST_ID, request_id);
+    let elapsed = started.elapsed();
+    let operation = response.data::<OperationId>().map_or("none", |operation| operation.0);
+    crate::metrics::request(operation, response.status(), elapsed);
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
+            operation,
+            micros = elapsed.as_micros() as u64,
             "response"
         );
     });

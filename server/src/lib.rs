@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 
@@ -51,17 +52,39 @@ impl AppState {
 /// How long in-flight requests may take to finish after a shutdown signal.
 const GRACE_PERIOD: Duration = Duration::from_secs(10);
 
-/// The whole HTTP application: the API, `/openapi.json`, `/docs`, and the middleware stack.
-pub fn app(state: AppState, cors_origins: &[String]) -> impl Endpoint + 'static {
+/// How the HTTP application is put together.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    /// Serve `GET /metrics` beside the API.
+    pub metrics: bool,
+}
+
+impl AppOptions {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            cors_origins: config.cors_origins.clone(),
+            metrics: config.metrics == config::MetricsListener::Api,
+        }
+    }
+}
+
+/// The whole HTTP application: the API, `/openapi.json`, `/docs`, `/metrics` (unless moved or
+/// off), and the middleware stack.
+pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
     let api = api::service();
     let docs = api::swagger_ui();
     let spec = api::openapi_json();
     let spec =
         make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
-    Route::new()
-        .nest("/", api)
-        .at("/openapi.json", poem::get(spec))
-        .nest("/docs", docs)
+    let mut routes =
+        Route::new().nest("/", api).at("/openapi.json", poem::get(spec)).nest("/docs", docs);
+    if options.metrics {
+        routes = routes.at("/metrics", poem::get(metrics::endpoint(state.store.clone())));
+    }
+    let cors_origins = &options.cors_origins;
+    routes
         .around(http::limit_body)
         .data(state)
         // Inside CORS, so that error responses carry CORS headers too.

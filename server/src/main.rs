@@ -3,7 +3,11 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use server::{AppState, auth::issue_dev_token, config::Config};
+use server::{
+    AppOptions, AppState,
+    auth::issue_dev_token,
+    config::{Config, MetricsListener},
+};
 
 const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h]";
 
@@ -56,12 +60,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let state = AppState::from_config(&config).await?;
     let address = SocketAddr::new(config.host, config.port);
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))?;
+    let listener = bind(address)?;
+    if let MetricsListener::Own(metrics_address) = config.metrics {
+        let metrics = poem::Route::new()
+            .at("/metrics", poem::get(server::metrics::endpoint(state.store.clone())));
+        let metrics_listener = bind(metrics_address)?;
+        tracing::info!(%metrics_address, "metrics at http://{metrics_address}/metrics");
+        // It ends with the process.
+        tokio::spawn(server::serve(metrics_listener, metrics, std::future::pending()));
+    }
     tracing::info!(%address, "listening; API docs at http://{address}/docs");
-    server::serve(listener, server::app(state, &config.cors_origins), shutdown_signal()).await?;
+    let app = server::app(state, &AppOptions::from_config(&config));
+    server::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {address}: {err}"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

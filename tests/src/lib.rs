@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
 use server::{
-    AppState,
+    AppOptions, AppState,
     auth::{ClaimRules, JwksSettings, KeySources},
     store::ConnectOptions,
 };
@@ -95,6 +95,8 @@ impl Database {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub cors_origins: Vec<String>,
+    /// Serve `/metrics` beside the API.
+    pub metrics: bool,
     /// The issuer and audience enforced on shared-secret tokens.
     pub rules: ClaimRules,
     /// Better Auth's JWKS, as a second (or the only) key source.
@@ -133,7 +135,9 @@ impl TestServer {
         let verifier = server::auth::verifier(sources).expect("key sources");
         let violations = Violations::default();
         let seen = violations.clone();
-        let app = server::app(AppState { store, verifier }, &options.cors_origins)
+        let app_options =
+            AppOptions { cors_origins: options.cors_origins.clone(), metrics: options.metrics };
+        let app = server::app(AppState { store, verifier }, &app_options)
             .around(move |next, req| check_response(next, req, seen.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();

@@ -110,7 +110,17 @@ async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
 }
 
 fn reject(err: AuthError) -> ApiError {
-    tracing::warn!(reason = %err, "rejected bearer token");
+    let reason = match err {
+        AuthError::Missing => Some("missing"),
+        AuthError::Expired => Some("expired"),
+        AuthError::Invalid(_) => Some("invalid"),
+        // Not the token's fault: a 503, counted as such.
+        AuthError::KeysUnavailable => None,
+    };
+    if let Some(reason) = reason {
+        tracing::warn!(reason = %err, "rejected bearer token");
+        crate::metrics::rejected_token(reason);
+    }
     ApiError::from(err)
 }
 

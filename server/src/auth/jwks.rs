@@ -173,6 +173,7 @@ impl JwksVerifier {
     /// scheduled.
     async fn fetch_and_store(&self) {
         let fetched = self.fetch().await;
+        crate::metrics::jwks_fetch(fetched.is_ok());
         let mut cache = self.cache.write().await;
         let now = Instant::now();
         cache.last_fetch = Some(now);

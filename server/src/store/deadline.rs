@@ -6,8 +6,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    ListQuery, NewTask, Page, Precondition, StoreError, StoreResult, Task, TaskPatch, TaskStore,
-    Written,
+    ListQuery, NewTask, Page, PoolStatus, Precondition, StoreError, StoreResult, Task, TaskPatch,
+    TaskStore, Written,
 };
 
 pub struct Deadline {
@@ -71,5 +71,9 @@ impl TaskStore for Deadline {
 
     async fn ping(&self) -> StoreResult<()> {
         self.run(self.inner.ping()).await
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        self.inner.pool_status()
     }
 }

@@ -172,6 +172,15 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> StoreResult<Written<()>>;
     /// A `SELECT 1` round trip.
     async fn ping(&self) -> StoreResult<()>;
+    /// The connection pool right now, for `/metrics`.
+    fn pool_status(&self) -> PoolStatus;
+}
+
+/// Connections the pool holds, and how many of them are idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub size: u32,
+    pub idle: usize,
 }
 
 /// Connection settings shared by both databases.

@@ -19,8 +19,8 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, Precondition, StatusFilter, StoreResult, Task,
-    TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
+    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreResult,
+    Task, TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
@@ -290,6 +290,10 @@ impl TaskStore for PostgresStore {
         self.call(async |db| sqlx::query("SELECT 1").persistent(self.prepared).execute(db).await)
             .await?;
         Ok(())
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus { size: self.pool.size(), idle: self.pool.num_idle() }
     }
 }
 

@@ -13,8 +13,9 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, Precondition, StatusFilter, StoreError, StoreResult,
-    Task, TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
+    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreError,
+    StoreResult, Task, TaskPatch, TaskStore, Written, order_by, status_condition,
+    wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
@@ -244,5 +245,9 @@ impl TaskStore for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus { size: self.pool.size(), idle: self.pool.num_idle() }
     }
 }

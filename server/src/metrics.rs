@@ -1,0 +1,87 @@
+//! Metrics for operators, in the Prometheus text format at `GET /metrics` (no auth; not part of
+//! the OpenAPI document; `METRICS=off` turns it off, `METRICS_ADDR` moves it to a listener of
+//! its own). Recorded through the `metrics` facade into `metrics-exporter-prometheus`'s recorder,
+//! installed once per process:
+//!
+//! - `http_requests_total` and `http_request_duration_seconds` by `operation` (the operationId,
+//!   `none` for what is no operation) and `status` class (`2xx` … `5xx`);
+//! - `auth_rejected_tokens_total` by `reason` (`missing`, `expired`, `invalid`);
+//! - `unavailable_responses_total` (503s) by `cause` (`database`, `key_set`);
+//! - `db_pool_connections` and `db_pool_idle_connections`, read at each scrape;
+//! - `jwks_fetches_total` by `outcome` (`ok`, `error`).
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use poem::{Endpoint, Response, endpoint::make_sync, http::StatusCode};
+
+use crate::store::TaskStore;
+
+/// Request latency buckets, in seconds: sub-millisecond to the 1.8 s call deadline and beyond.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process's recorder, installed on first use (another one installed first, as in some
+/// test binaries, leaves this one unused: its render then lists nothing).
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .expect("latency buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if ::metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was installed already: /metrics reports nothing");
+        }
+        handle
+    })
+}
+
+/// Installs the recorder now, so that nothing recorded before the first scrape is lost.
+pub fn install() {
+    handle();
+}
+
+/// `GET /metrics`: the pool gauges are read now, everything else was counted as it happened.
+pub fn endpoint(store: std::sync::Arc<dyn TaskStore>) -> impl Endpoint + 'static {
+    install();
+    make_sync(move |_| {
+        let pool = store.pool_status();
+        ::metrics::gauge!("db_pool_connections").set(pool.size as f64);
+        ::metrics::gauge!("db_pool_idle_connections").set(pool.idle as f64);
+        Response::builder()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(handle().render())
+    })
+}
+
+/// One answered request.
+pub fn request(operation: &'static str, status: StatusCode, elapsed: Duration) {
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let labels = [("operation", operation), ("status", class)];
+    ::metrics::counter!("http_requests_total", &labels).increment(1);
+    ::metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+}
+
+/// A bearer token refused: `missing`, `expired` or `invalid`.
+pub fn rejected_token(reason: &'static str) {
+    ::metrics::counter!("auth_rejected_tokens_total", "reason" => reason).increment(1);
+}
+
+/// A 503: `database` or `key_set`.
+pub fn unavailable(cause: &'static str) {
+    ::metrics::counter!("unavailable_responses_total", "cause" => cause).increment(1);
+}
+
+/// A fetch of Better Auth's key set.
+pub fn jwks_fetch(succeeded: bool) {
+    let outcome = if succeeded { "ok" } else { "error" };
+    ::metrics::counter!("jwks_fetches_total", "outcome" => outcome).increment(1);
+}

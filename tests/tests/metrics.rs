@@ -1,0 +1,119 @@
+//! `/metrics`, scraped and parsed as Prometheus would (`prometheus-parse`), before and after
+//! known traffic: the counters move by exactly what was sent. (One test in its own binary: the
+//! recorder is per process, so nothing else may count here meanwhile.)
+
+use base64::Engine as _;
+use integration_tests::{Backend, Options, TestServer};
+use prometheus_parse::{Scrape, Value};
+use reqwest::{Method, StatusCode};
+use server::auth::{ClaimRules, JwksSettings, JwksTiming};
+
+async fn scrape(server: &TestServer) -> Scrape {
+    let response = server.raw().request(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let text = response.text().await.unwrap();
+    Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).expect("the Prometheus text format")
+}
+
+/// The value of `name{labels}` (0 when it was never recorded).
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{name} is not a number: {other:?}"),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let server =
+        TestServer::start_with(Backend::Sqlite, Options { metrics: true, ..Options::default() })
+            .await;
+    let before = scrape(&server).await;
+
+    let client = server.client("metrics-user");
+    for title in ["one", "two", "three"] {
+        client
+            .create_task()
+            .body(client_sdk::types::TaskCreate::builder().title(title))
+            .send()
+            .await
+            .unwrap();
+    }
+    client.list_tasks().send().await.unwrap();
+    client.list_user_tasks().user_id("metrics-user").send().await.unwrap();
+    assert!(client.get_task().id(987_654).send().await.is_err(), "a 404");
+    let raw = server.raw();
+    for bad in ["not-a-jwt", "x.y.z"] {
+        let response =
+            raw.request(Method::GET, "/api/tasks").bearer_auth(bad).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let missing = raw.request(Method::GET, "/api/tasks").send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    let expired = integration_tests::sign(
+        &serde_json::json!({"sub": "m", "exp": integration_tests::now() - 3600}),
+    );
+    raw.request(Method::GET, "/api/tasks").bearer_auth(expired).send().await.unwrap();
+    raw.request(Method::GET, "/health").send().await.unwrap();
+
+    let after = scrape(&server).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    let requests = "http_requests_total";
+    assert_eq!(moved(requests, &[("operation", "create_task"), ("status", "2xx")]), 3.0);
+    assert_eq!(moved(requests, &[("operation", "list_tasks"), ("status", "2xx")]), 1.0);
+    assert_eq!(moved(requests, &[("operation", "list_user_tasks"), ("status", "2xx")]), 1.0);
+    assert_eq!(moved(requests, &[("operation", "get_task"), ("status", "4xx")]), 1.0);
+    assert_eq!(moved(requests, &[("operation", "list_tasks"), ("status", "4xx")]), 4.0);
+    assert_eq!(moved(requests, &[("operation", "health"), ("status", "2xx")]), 1.0);
+    // The first scrape itself is no operation of the API.
+    assert_eq!(moved(requests, &[("operation", "none"), ("status", "2xx")]), 1.0);
+    let latency = "http_request_duration_seconds_count";
+    assert_eq!(moved(latency, &[("operation", "create_task"), ("status", "2xx")]), 3.0);
+    let rejected = "auth_rejected_tokens_total";
+    assert_eq!(moved(rejected, &[("reason", "invalid")]), 2.0);
+    assert_eq!(moved(rejected, &[("reason", "missing")]), 1.0);
+    assert_eq!(moved(rejected, &[("reason", "expired")]), 1.0);
+    assert!(value(&after, "db_pool_connections", &[]) >= 1.0, "the pool holds connections");
+    assert!(after.samples.iter().any(|s| s.metric == "db_pool_idle_connections"));
+
+    // A key set that cannot be fetched: a 503 by cause `key_set`, and failed fetches.
+    let unreachable = JwksSettings {
+        url: "http://127.0.0.1:9/api/auth/jwks".into(),
+        rules: ClaimRules { issuer: Some("http://a".into()), audience: Some("http://a".into()) },
+        timing: JwksTiming::default(),
+    };
+    let jwks_only = Options { metrics: true, jwks: Some(unreachable), ..Options::default() };
+    let jwks_server = TestServer::start_with(Backend::Sqlite, jwks_only).await;
+    let part = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let eddsa =
+        format!("{}.{}.c2ln", part(r#"{"alg":"EdDSA","kid":"k1"}"#), part(r#"{"sub":"m"}"#));
+    let before = scrape(&jwks_server).await;
+    let response = jwks_server
+        .raw()
+        .request(Method::GET, "/api/tasks")
+        .bearer_auth(&eddsa)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let after = scrape(&jwks_server).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(moved("unavailable_responses_total", &[("cause", "key_set")]), 1.0);
+    assert!(value(&after, "jwks_fetches_total", &[("outcome", "error")]) >= 1.0);
+
+    // Off, it is not there at all.
+    let off = TestServer::start(Backend::Sqlite).await;
+    let response = off.raw().request(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
