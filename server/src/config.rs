@@ -3,7 +3,10 @@
 
 use std::{fmt, net::IpAddr};
 
-use crate::auth::{ClaimRules, JwksSettings, JwksTiming, KeySources};
+use crate::{
+    auth::{ClaimRules, JwksSettings, JwksTiming, KeySources},
+    rate_limit::RateLimitSettings,
+};
 
 /// A value that must never reach a log: its `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,6 +55,8 @@ pub struct Config {
     pub statement_cache_capacity: usize,
     /// Where `/metrics` is served (`METRICS`, `METRICS_ADDR`).
     pub metrics: MetricsListener,
+    /// `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`, `TRUSTED_CLIENT_IP_HEADER`.
+    pub rate_limits: RateLimitSettings,
 }
 
 /// Where `GET /metrics` is served.
@@ -189,6 +194,28 @@ impl Config {
             }
         };
 
+        let defaults = RateLimitSettings::default();
+        let mut number = |name: &str, default: u32| {
+            get(name).map_or(Ok(default), |v| v.parse()).unwrap_or_else(|_| {
+                problems.push(format!("{name} must be a whole number (0 turns the limit off)"));
+                default
+            })
+        };
+        let per_second = number("RATE_LIMIT_PER_SECOND", defaults.per_second);
+        let burst = number("RATE_LIMIT_BURST", per_second.saturating_mul(2));
+        let rate_limits = RateLimitSettings {
+            per_second,
+            burst,
+            client_ip_header: get("TRUSTED_CLIENT_IP_HEADER"),
+        };
+        if rate_limits
+            .client_ip_header
+            .as_deref()
+            .is_some_and(|name| poem::http::HeaderName::try_from(name).is_err())
+        {
+            problems.push("TRUSTED_CLIENT_IP_HEADER must be a header name".to_owned());
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -204,6 +231,7 @@ impl Config {
             log_format,
             statement_cache_capacity,
             metrics,
+            rate_limits,
         })
     }
 

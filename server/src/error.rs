@@ -79,6 +79,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("validation failed")]
     Unprocessable(Vec<FieldError>),
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("service unavailable")]
     Unavailable,
     #[error("internal error")]
@@ -113,6 +115,9 @@ impl ApiError {
                 .map(|e| format!("{} {}", e.field, e.message))
                 .collect::<Vec<_>>()
                 .join("; "),
+            ApiError::TooManyRequests { retry_after_secs } => {
+                format!("too many requests: try again in {retry_after_secs} s")
+            }
             ApiError::Unavailable => {
                 "the service is temporarily unavailable, try again shortly".into()
             }
@@ -147,6 +152,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -184,6 +190,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }
@@ -293,6 +302,12 @@ impl ApiError {
                  field."
                     .into(),
             ),
+            429 => (
+                ApiError::TooManyRequests { retry_after_secs: 1 },
+                "The caller's rate limit (per user; without a valid token, per client address) is \
+                 used up; `Retry-After` says when to try again."
+                    .into(),
+            ),
             500 => (ApiError::Internal, "A bug; the detail is generic.".into()),
             503 => (
                 ApiError::Unavailable,
@@ -304,7 +319,7 @@ impl ApiError {
         };
         let headers = match status {
             401 => vec![("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
-            503 => vec![("Retry-After", "Seconds to wait before retrying.")],
+            429 | 503 => vec![("Retry-After", "Seconds to wait before retrying.")],
             _ => vec![],
         };
         let example =

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod rate_limit;
 pub mod store;
 pub mod telemetry;
 
@@ -25,6 +26,7 @@ use poem::{
 use crate::{
     auth::Verifier,
     config::Config,
+    rate_limit::RateLimits,
     store::{ConnectOptions, TaskStore},
 };
 
@@ -33,6 +35,8 @@ use crate::{
 pub struct AppState {
     pub store: Arc<dyn TaskStore>,
     pub verifier: Arc<dyn Verifier>,
+    /// `None` when rate limiting is off.
+    pub rate_limits: Option<Arc<RateLimits>>,
 }
 
 impl AppState {
@@ -45,7 +49,8 @@ impl AppState {
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
-        Ok(Self { store, verifier })
+        let rate_limits = RateLimits::start(&config.rate_limits)?;
+        Ok(Self { store, verifier, rate_limits })
     }
 }
 

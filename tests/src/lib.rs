@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use server::{
     AppOptions, AppState,
     auth::{ClaimRules, JwksSettings, KeySources},
+    rate_limit::{RateLimitSettings, RateLimits},
     store::ConnectOptions,
 };
 use tokio::sync::oneshot;
@@ -97,6 +98,8 @@ pub struct Options {
     pub cors_origins: Vec<String>,
     /// Serve `/metrics` beside the API.
     pub metrics: bool,
+    /// Rate limits (production's defaults unless a test says otherwise).
+    pub rate_limits: RateLimitSettings,
     /// The issuer and audience enforced on shared-secret tokens.
     pub rules: ClaimRules,
     /// Better Auth's JWKS, as a second (or the only) key source.
@@ -137,7 +140,8 @@ impl TestServer {
         let seen = violations.clone();
         let app_options =
             AppOptions { cors_origins: options.cors_origins.clone(), metrics: options.metrics };
-        let app = server::app(AppState { store, verifier }, &app_options)
+        let rate_limits = RateLimits::start(&options.rate_limits).expect("rate limits");
+        let app = server::app(AppState { store, verifier, rate_limits }, &app_options)
             .around(move |next, req| check_response(next, req, seen.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();

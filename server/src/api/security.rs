@@ -102,11 +102,26 @@ fn check_path_user(req: &Request, caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// The caller, within its rate limit: a valid token's subject spends from the subject's
+/// bucket; a request without one from its client address's, and past that it is a 429 rather
+/// than a 401.
 async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
     let state = req.data::<AppState>().ok_or(ApiError::Internal)?;
-    let token = bearer_token(req).map_err(reject)?;
-    let user_id = state.verifier.verify(token).await.map_err(reject)?;
-    Ok(Caller { user_id })
+    let verified = match bearer_token(req) {
+        Ok(token) => state.verifier.verify(token).await,
+        Err(err) => Err(err),
+    };
+    let limits = state.rate_limits.as_deref();
+    match verified {
+        Ok(user_id) => {
+            limits.map_or(Ok(()), |limits| limits.check_user(&user_id))?;
+            Ok(Caller { user_id })
+        }
+        Err(err) => {
+            limits.map_or(Ok(()), |limits| limits.check_address(req))?;
+            Err(reject(err))
+        }
+    }
 }
 
 fn reject(err: AuthError) -> ApiError {

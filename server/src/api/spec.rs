@@ -196,10 +196,13 @@ mod tests {
         let statuses = |path: &str, method: &str| -> Vec<String> {
             doc["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
         };
-        assert_eq!(statuses("/api/tasks", "get"), ["200", "400", "401", "422", "500", "503"]);
+        assert_eq!(
+            statuses("/api/tasks", "get"),
+            ["200", "400", "401", "422", "429", "500", "503"]
+        );
         assert_eq!(
             statuses("/api/{user_id}/tasks/{id}", "delete"),
-            ["204", "400", "401", "403", "404", "412", "500", "503"]
+            ["204", "400", "401", "403", "404", "412", "429", "500", "503"]
         );
         assert_eq!(statuses("/health", "get"), ["200", "503"]);
         let problem = &doc["paths"]["/api/tasks/{id}"]["put"]["responses"]["422"];

@@ -231,12 +231,12 @@ task_operations!(
 /// `/api/{user_id}/tasks…` twin adds 403). `api::spec` documents exactly these, and the test
 /// harness fails any response whose status the document does not list.
 pub(super) const ERROR_STATUSES: [(&str, &[u16]); 6] = [
-    ("list_tasks", &[400, 401, 422, 500, 503]),
-    ("create_task", &[400, 401, 413, 415, 422, 500, 503]),
-    ("get_task", &[400, 401, 404, 500, 503]),
-    ("update_task", &[400, 401, 404, 412, 413, 415, 422, 500, 503]),
-    ("toggle_task", &[400, 401, 404, 412, 500, 503]),
-    ("delete_task", &[400, 401, 404, 412, 500, 503]),
+    ("list_tasks", &[400, 401, 422, 429, 500, 503]),
+    ("create_task", &[400, 401, 413, 415, 422, 429, 500, 503]),
+    ("get_task", &[400, 401, 404, 429, 500, 503]),
+    ("update_task", &[400, 401, 404, 412, 413, 415, 422, 429, 500, 503]),
+    ("toggle_task", &[400, 401, 404, 412, 429, 500, 503]),
+    ("delete_task", &[400, 401, 404, 412, 429, 500, 503]),
 ];
 
 fn list_query(
