@@ -5,6 +5,7 @@ use std::{fmt, net::IpAddr};
 
 use crate::{
     auth::{ClaimRules, JwksSettings, JwksTiming, KeySources},
+    connections::ConnectionLimits,
     rate_limit::RateLimitSettings,
 };
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub metrics: MetricsListener,
     /// `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`, `TRUSTED_CLIENT_IP_HEADER`.
     pub rate_limits: RateLimitSettings,
+    /// `MAX_CONNECTIONS`, `REQUEST_READ_TIMEOUT_SECS`, `IDLE_TIMEOUT_SECS`.
+    pub connections: ConnectionLimits,
 }
 
 /// Where `GET /metrics` is served.
@@ -208,6 +211,26 @@ impl Config {
             burst,
             client_ip_header: get("TRUSTED_CLIENT_IP_HEADER"),
         };
+        let limits = ConnectionLimits::default();
+        let mut positive = |name: &str, default: u64| {
+            get(name).map_or(Ok(default), |v| v.parse()).ok().filter(|v| *v > 0).unwrap_or_else(
+                || {
+                    problems.push(format!("{name} must be a whole number above 0"));
+                    default
+                },
+            )
+        };
+        let connections = ConnectionLimits {
+            max_connections: positive("MAX_CONNECTIONS", limits.max_connections as u64) as usize,
+            request_read_timeout: std::time::Duration::from_secs(positive(
+                "REQUEST_READ_TIMEOUT_SECS",
+                limits.request_read_timeout.as_secs(),
+            )),
+            idle_timeout: std::time::Duration::from_secs(positive(
+                "IDLE_TIMEOUT_SECS",
+                limits.idle_timeout.as_secs(),
+            )),
+        };
         if rate_limits
             .client_ip_header
             .as_deref()
@@ -232,6 +255,7 @@ impl Config {
             statement_cache_capacity,
             metrics,
             rate_limits,
+            connections,
         })
     }
 

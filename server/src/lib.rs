@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod http;
 pub mod limits;
@@ -26,6 +27,7 @@ use poem::{
 use crate::{
     auth::Verifier,
     config::Config,
+    connections::{ConnectionLimits, LimitedAcceptor},
     rate_limit::RateLimits,
     store::{ConnectOptions, TaskStore},
 };
@@ -100,14 +102,27 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
         .around(http::trace_request)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish;
+/// with the default connection limits.
 pub async fn serve(
     listener: std::net::TcpListener,
     app: impl Endpoint + 'static,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, shutdown, ConnectionLimits::default()).await
+}
+
+/// [`serve`], with these connection limits.
+pub async fn serve_with(
+    listener: std::net::TcpListener,
+    app: impl Endpoint + 'static,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    Server::new_with_acceptor(TcpAcceptor::from_std(listener)?)
+    let acceptor = LimitedAcceptor::new(TcpAcceptor::from_std(listener)?, &limits);
+    Server::new_with_acceptor(acceptor)
+        .idle_timeout(limits.idle_timeout)
         .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
         .await
 }

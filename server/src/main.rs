@@ -71,7 +71,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%address, "listening; API docs at http://{address}/docs");
     let app = server::app(state, &AppOptions::from_config(&config));
-    server::serve(listener, app, shutdown_signal()).await?;
+    server::serve_with(listener, app, shutdown_signal(), config.connections).await?;
     tracing::info!("stopped");
     Ok(())
 }

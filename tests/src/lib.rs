@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use server::{
     AppOptions, AppState,
     auth::{ClaimRules, JwksSettings, KeySources},
+    connections::ConnectionLimits,
     rate_limit::{RateLimitSettings, RateLimits},
     store::ConnectOptions,
 };
@@ -100,6 +101,8 @@ pub struct Options {
     pub metrics: bool,
     /// Rate limits (production's defaults unless a test says otherwise).
     pub rate_limits: RateLimitSettings,
+    /// Connection limits (production's defaults unless a test says otherwise).
+    pub connections: ConnectionLimits,
     /// The issuer and audience enforced on shared-secret tokens.
     pub rules: ClaimRules,
     /// Better Auth's JWKS, as a second (or the only) key source.
@@ -146,9 +149,11 @@ impl TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
-        tokio::spawn(server::serve(listener, app, async {
+        let limits = options.connections;
+        let stopped = async {
             let _ = stop.await;
-        }));
+        };
+        tokio::spawn(server::serve_with(listener, app, stopped, limits));
         // The socket is bound and listening already, so the server is ready as soon as it is
         // spawned: connections made now wait in the backlog.
         Self {
