@@ -247,6 +247,11 @@ pub(crate) fn as_postgres(program: &Path) -> Command {
 }
 
 /// `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`.
+/// A PostgreSQL client program (`pgbench`, `psql`) of the binaries the clusters run on.
+pub fn tool(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
 fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("PG_BIN") {
         return PathBuf::from(dir);

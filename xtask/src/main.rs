@@ -5,6 +5,8 @@
 //! - `dev`: run the service locally, creating `.env` with a random secret on first use.
 //! - `resilience`: kill -9 mid-burst on both databases, and two processes on one PostgreSQL.
 //! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a long mixed workload.
+//! - `bench [--quick] [--pooler]`: the release server against pgbench on the same database;
+//!   the figures go to `docs/benchmarks.md` (needs `wrk`).
 //! - `contract`: the spec checked by outside consumers: Redocly, a TypeScript frontend,
 //!   schemathesis, and Swagger UI in headless Chromium (needs Node, Python and Chromium).
 //!
@@ -17,6 +19,7 @@ mod openapi;
 use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage: cargo xtask openapi [--check] | dev | resilience | contract | \
+                     bench [--quick] [--pooler] | \
                      soak [--minutes N] [--users N] [--database postgres|sqlite]";
 
 fn main() -> ExitCode {
@@ -26,7 +29,7 @@ fn main() -> ExitCode {
         ["openapi"] => openapi::write(),
         ["openapi", "--check"] => openapi::check(),
         ["dev"] => dev::run(),
-        ["resilience"] | ["contract"] | ["soak", ..] => evidence(&args),
+        ["resilience"] | ["contract"] | ["soak", ..] | ["bench", ..] => evidence(&args),
         _ => Err(anyhow::anyhow!(USAGE)),
     };
     match result {

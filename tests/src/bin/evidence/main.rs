@@ -9,6 +9,7 @@
 //! - `contract`: `openapi.json` checked by outside consumers (Redocly, TypeScript,
 //!   schemathesis, Swagger UI in Chromium) against the server on PostgreSQL.
 
+mod bench;
 mod contract;
 mod resilience;
 mod server_process;
@@ -16,21 +17,23 @@ mod soak;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: evidence resilience | evidence contract | evidence soak [--minutes N] [--users N] [--database postgres|sqlite]";
+const USAGE: &str = "usage: evidence resilience | evidence contract | evidence bench [--quick] [--pooler] | evidence soak [--minutes N] [--users N] [--database postgres|sqlite]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let result = match args.as_slice() {
-        ["resilience"] => runtime.block_on(resilience::run()),
-        ["contract"] => runtime.block_on(contract::run()),
-        ["soak", options @ ..] => {
-            soak::Options::parse(options).and_then(|options| runtime.block_on(soak::run(options)))
-        }
-        _ => Err(anyhow::anyhow!(USAGE)),
-    };
+    let result =
+        match args.as_slice() {
+            ["resilience"] => runtime.block_on(resilience::run()),
+            ["contract"] => runtime.block_on(contract::run()),
+            ["bench", options @ ..] => bench::Options::parse(options)
+                .and_then(|options| runtime.block_on(bench::run(options))),
+            ["soak", options @ ..] => soak::Options::parse(options)
+                .and_then(|options| runtime.block_on(soak::run(options))),
+            _ => Err(anyhow::anyhow!(USAGE)),
+        };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

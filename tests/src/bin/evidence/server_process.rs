@@ -14,15 +14,25 @@ use crate::root;
 
 /// Builds the server binary (debug profile) and returns its path.
 pub fn build() -> anyhow::Result<PathBuf> {
+    build_profile("debug")
+}
+
+/// Builds the server binary with the release profile and returns its path.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    build_profile("release")
+}
+
+fn build_profile(profile: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "--package", "server", "--bin", "server"])
+        .args((profile == "release").then_some("--release"))
         .current_dir(root())
         .status()?;
     anyhow::ensure!(status.success(), "building the server failed");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    Ok(target.join("debug").join("server"))
+    Ok(target.join(profile).join("server"))
 }
 
 pub struct ServerProcess {
@@ -34,6 +44,16 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary` on `database_url` and waits until it is healthy.
     pub async fn start(binary: &Path, database_url: &str, log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(binary, database_url, log, &[]).await
+    }
+
+    /// [`start`](Self::start), with more environment (which wins over the defaults).
+    pub async fn start_with(
+        binary: &Path,
+        database_url: &str,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(binary)
@@ -45,6 +65,7 @@ impl ServerProcess {
             .env("PORT", port.to_string())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "debug,hyper=info,h2=info")
+            .envs(env.iter().copied())
             // Never pick up a developer's .env.
             .current_dir(log.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
@@ -111,14 +132,33 @@ impl ServerProcess {
         Ok(())
     }
 
+    /// The process's CPU time so far (user and system), from `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name (which may hold spaces) start at ")".
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').context("/proc/PID/stat")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    /// Peak resident memory, from `/proc`.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
     /// Resident memory, from `/proc`.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")
+            .with_context(|| format!("no {field} in /proc/PID/status"))
     }
 }
 

@@ -1,0 +1,434 @@
+//! `bench [--quick] [--pooler]`: the release server against the database's own limit.
+//!
+//! - Setup: a throwaway PostgreSQL, the release server, 100 users × 20 tasks created through
+//!   the API, one user after another (user `u` owns tasks `(u-1)*20+1 ..= u*20`).
+//! - The service: `wrk` with a Lua script: 50 % list own tasks, 30 % get one, 10 % `PUT
+//!   {"title"}`, 10 % toggle, through `/api/{user_id}/tasks`, at c = 10, 50 and 100.
+//! - The limit: `pgbench -M prepared` running the statements the store issues for those four
+//!   operations, in the same mix, at the same concurrency, against the same database.
+//! - The headline: service and pgbench runs alternate three times per concurrency; the median
+//!   ratio of their throughputs (absolute figures swing on shared machines, pairs hold).
+//! - Also: the server's CPU per request (`/proc/PID/stat`), its peak RSS, the same workload on
+//!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, and everything).
+//! - `--pooler`: the service behind PgBouncer (transaction mode, `DATABASE_STATEMENT_CACHE=0`).
+//! - `--quick`: one short pair at c = 50 and short extras (CI runs it so that the tool never
+//!   rots; its figures mean little).
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use integration_tests::{
+    postgres::{self, fresh_database, fresh_pooled_database},
+    token,
+};
+
+use crate::server_process::{self, ServerProcess};
+
+const USERS: usize = 100;
+const TASKS_PER_USER: usize = 20;
+const LARGE_USER_TASKS: usize = 10_000;
+
+pub struct Options {
+    quick: bool,
+    pooler: bool,
+}
+
+impl Options {
+    pub fn parse(args: &[&str]) -> anyhow::Result<Self> {
+        let mut options = Options { quick: false, pooler: false };
+        for arg in args {
+            match *arg {
+                "--quick" => options.quick = true,
+                "--pooler" => options.pooler = true,
+                other => anyhow::bail!("unknown bench option {other}: --quick, --pooler"),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// One run of `wrk` against the server.
+#[derive(Debug, Clone, Copy)]
+struct ServiceRun {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_micros_per_request: f64,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    for tool in ["wrk"] {
+        anyhow::ensure!(
+            Command::new(tool).arg("--version").output().is_ok(),
+            "{tool} is not installed (Debian: apt-get install {tool})"
+        );
+    }
+    let binary = server_process::build_release()?;
+    let scratch = tempfile::tempdir()?;
+    let (duration, concurrencies, rounds) = match options.quick {
+        true => (Duration::from_secs(4), vec![50], 1),
+        false => (Duration::from_secs(15), vec![10, 50, 100], 3),
+    };
+    let mut report = String::new();
+    writeln!(
+        report,
+        "| database | c | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU µs/req | pgbench tx/s | ratio |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
+
+    // PostgreSQL: the service, alternating with pgbench on the same database.
+    let database_url = fresh_database().await;
+    let (service_url, env) = if options.pooler {
+        // A second database behind the pooler would differ in data: seed the pooled one, and
+        // let pgbench run directly against the same database name.
+        let pooled = fresh_pooled_database().await;
+        (pooled, vec![("DATABASE_STATEMENT_CACHE", "0")])
+    } else {
+        (database_url.clone(), vec![])
+    };
+    let pgbench_url =
+        if options.pooler { direct_url(&database_url, &service_url) } else { database_url };
+    let mut env: Vec<(&str, &str)> = env;
+    env.extend([("RUST_LOG", "info"), ("LOG_FORMAT", "json")]);
+    let log = scratch.path().join("bench-postgres.log");
+    let server = ServerProcess::start_with(&binary, &service_url, log, &env).await?;
+    let script = seed_and_write_script(&server, scratch.path()).await?;
+    let pgbench_scripts = write_pgbench_scripts(scratch.path())?;
+    let label = if options.pooler { "PostgreSQL via PgBouncer (cache 0)" } else { "PostgreSQL" };
+    for &concurrency in &concurrencies {
+        let mut pairs = Vec::new();
+        for _ in 0..rounds {
+            let service = wrk(&server, &script, concurrency, duration)?;
+            let limit = pgbench(&pgbench_url, &pgbench_scripts, concurrency, duration)?;
+            pairs.push((service, limit));
+        }
+        let mut ratios: Vec<f64> = pairs.iter().map(|(s, l)| s.requests_per_second / l).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let (service, limit) = pairs[pairs.len() / 2];
+        writeln!(
+            report,
+            "| {label} | {concurrency} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {limit:.0} | **{median:.2}** (pairs: {}) |",
+            service.requests_per_second,
+            service.p50_ms,
+            service.p90_ms,
+            service.p99_ms,
+            service.errors,
+            service.cpu_micros_per_request,
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+        )?;
+    }
+    let peak_rss = server.peak_rss_kib()?;
+    writeln!(report, "\nPostgreSQL server peak RSS: {:.1} MB", peak_rss as f64 / 1024.0)?;
+
+    // The user with 10,000 tasks, against a user with 20.
+    let large = large_user(&server, duration / 2).await?;
+    writeln!(report, "\n{large}")?;
+    drop(server);
+
+    // SQLite: the same workload, no pgbench line.
+    if !options.pooler {
+        let sqlite_url = format!("sqlite://{}", scratch.path().join("bench.db").display());
+        let log = scratch.path().join("bench-sqlite.log");
+        let server = ServerProcess::start_with(&binary, &sqlite_url, log, &env).await?;
+        let script = seed_and_write_script(&server, scratch.path()).await?;
+        let service = wrk(&server, &script, 50, duration)?;
+        writeln!(
+            report,
+            "\n| SQLite | 50 | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | — | — |\n\nSQLite server peak RSS: {:.1} MB",
+            service.requests_per_second,
+            service.p50_ms,
+            service.p90_ms,
+            service.p99_ms,
+            service.errors,
+            service.cpu_micros_per_request,
+            server.peak_rss_kib()? as f64 / 1024.0
+        )?;
+        let large = large_user(&server, duration / 2).await?;
+        writeln!(report, "\n{large}")?;
+    }
+    println!("\n{report}");
+    Ok(())
+}
+
+/// The pooled URL's database, reached directly on the cluster (same name, the direct port).
+fn direct_url(direct: &str, pooled: &str) -> String {
+    let name = pooled.rsplit('/').next().unwrap_or_default();
+    postgres::with_database(direct, name)
+}
+
+/// 100 users × 20 tasks through the API, one user after another; a `wrk` script that knows
+/// their tokens.
+async fn seed_and_write_script(server: &ServerProcess, dir: &Path) -> anyhow::Result<PathBuf> {
+    let http = client_sdk::http_client_builder().build()?;
+    let mut users = String::new();
+    for user in 1..=USERS {
+        let user_id = user.to_string();
+        let token = token(&user_id);
+        let client = client_sdk::authenticated(&server.base_url, &token)?;
+        for task in 1..=TASKS_PER_USER {
+            let created = client
+                .create_user_task()
+                .user_id(&user_id)
+                .body(client_sdk::types::TaskCreate::builder().title(format!("task {task}")))
+                .send()
+                .await?;
+            // pgbench's scripts rely on this numbering.
+            let expected = ((user - 1) * TASKS_PER_USER + task) as i64;
+            anyhow::ensure!(
+                created.id == expected,
+                "task ids are not sequential: a fresh database?"
+            );
+        }
+        writeln!(users, "  {{id = \"{user_id}\", token = \"{token}\"}},")?;
+    }
+    drop(http);
+    let script = format!(
+        "-- 50 % list, 30 % get, 10 % PUT title, 10 % toggle, by random users\n\
+         local users = {{\n{users}}}\n\
+         local per_user = {TASKS_PER_USER}\n\
+         math.randomseed(os.time())\n\
+         request = function()\n\
+           local u = math.random(#users)\n\
+           local user = users[u]\n\
+           local headers = {{[\"Authorization\"] = \"Bearer \" .. user.token}}\n\
+           local collection = \"/api/\" .. user.id .. \"/tasks\"\n\
+           local task = collection .. \"/\" .. ((u - 1) * per_user + math.random(per_user))\n\
+           local r = math.random(100)\n\
+           if r <= 50 then return wrk.format(\"GET\", collection, headers) end\n\
+           if r <= 80 then return wrk.format(\"GET\", task, headers) end\n\
+           if r <= 90 then\n\
+             headers[\"Content-Type\"] = \"application/json\"\n\
+             return wrk.format(\"PUT\", task, headers, '{{\"title\": \"renamed\"}}')\n\
+           end\n\
+           return wrk.format(\"PATCH\", task .. \"/complete\", headers)\n\
+         end\n"
+    );
+    let path = dir.join("mix.lua");
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+/// The store's statements for the four operations (as `server/src/store/postgres.rs` issues
+/// them; parameters pgbench cannot bind as arrays are written as the NULL the store binds).
+fn write_pgbench_scripts(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
+    let columns = "id, user_id, title, description, completed, created_at, updated_at";
+    let pick = format!(
+        "\\set u random(1, {USERS})\n\\set id (:u - 1) * {TASKS_PER_USER} + random(1, {TASKS_PER_USER})\n"
+    );
+    let scripts = [
+        (
+            "list",
+            50,
+            format!(
+                "\\set u random(1, {USERS})\nSELECT {columns}, COUNT(*) OVER () AS total FROM tasks \
+                 WHERE user_id = :u ORDER BY created_at ASC, id ASC OFFSET 0;\n"
+            ),
+        ),
+        (
+            "get",
+            30,
+            format!("{pick}SELECT {columns} FROM tasks WHERE id = :id AND user_id = :u;\n"),
+        ),
+        (
+            "put",
+            10,
+            format!(
+                "{pick}UPDATE tasks SET title = COALESCE('renamed', title), \
+                 description = CASE WHEN false THEN NULL ELSE description END, \
+                 completed = COALESCE(NULL::boolean, completed), \
+                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
+                 WHERE id = :id AND user_id = :u \
+                 AND (NULL::timestamptz[] IS NULL OR updated_at = ANY(NULL::timestamptz[])) \
+                 RETURNING {columns};\n"
+            ),
+        ),
+        (
+            "toggle",
+            10,
+            format!(
+                "{pick}UPDATE tasks SET completed = NOT completed, \
+                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
+                 WHERE id = :id AND user_id = :u \
+                 AND (NULL::timestamptz[] IS NULL OR updated_at = ANY(NULL::timestamptz[])) \
+                 RETURNING {columns};\n"
+            ),
+        ),
+    ];
+    scripts
+        .into_iter()
+        .map(|(name, weight, sql)| {
+            let path = dir.join(format!("{name}.sql"));
+            std::fs::write(&path, sql)?;
+            Ok((path, weight))
+        })
+        .collect()
+}
+
+fn wrk(
+    server: &ServerProcess,
+    script: &Path,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<ServiceRun> {
+    let cpu_before = server.cpu_seconds()?;
+    let output = Command::new("wrk")
+        .args(["--latency", "-t", "2", "-c", &concurrency.to_string()])
+        .args(["-d", &format!("{}s", duration.as_secs())])
+        .arg("-s")
+        .arg(script)
+        .arg(&server.base_url)
+        .output()
+        .context("run wrk")?;
+    let cpu = server.cpu_seconds()? - cpu_before;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(output.status.success(), "wrk failed: {text}");
+    parse_wrk(&text, cpu)
+}
+
+fn parse_wrk(text: &str, cpu_seconds: f64) -> anyhow::Result<ServiceRun> {
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines().find_map(|line| line.trim().strip_prefix(prefix)).map(str::trim)
+    };
+    let millis = |prefix: &str| -> anyhow::Result<f64> {
+        let value =
+            field(prefix).with_context(|| format!("no {prefix} in wrk's output: {text}"))?;
+        let (number, unit) =
+            value.split_at(value.find(|c: char| c.is_alphabetic()).unwrap_or(value.len()));
+        let number: f64 = number.parse()?;
+        Ok(match unit {
+            "us" => number / 1000.0,
+            "ms" => number,
+            "s" => number * 1000.0,
+            "m" => number * 60_000.0,
+            other => anyhow::bail!("unknown unit {other} in wrk's output"),
+        })
+    };
+    let requests: f64 = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(count, _)| count.trim().parse().ok())
+        .context("no request count in wrk's output")?;
+    let errors = field("Non-2xx or 3xx responses:").map_or(Ok(0), str::parse)?
+        + field("Socket errors:").map_or(0, |line| {
+            line.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        });
+    Ok(ServiceRun {
+        requests_per_second: field("Requests/sec:").context("no Requests/sec")?.parse()?,
+        p50_ms: millis("50%")?,
+        p90_ms: millis("90%")?,
+        p99_ms: millis("99%")?,
+        errors,
+        cpu_micros_per_request: cpu_seconds * 1e6 / requests.max(1.0),
+    })
+}
+
+fn pgbench(
+    database_url: &str,
+    scripts: &[(PathBuf, u32)],
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let mut command = Command::new(postgres::tool("pgbench"));
+    command
+        .args(["-n", "-M", "prepared", "-j", "2", "-c", &concurrency.to_string()])
+        .args(["-T", &duration.as_secs().to_string()]);
+    for (path, weight) in scripts {
+        command.arg("-f").arg(format!("{}@{weight}", path.display()));
+    }
+    let output = command.arg(database_url).output().context("run pgbench")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text.lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .context("no tps in pgbench's output")
+}
+
+/// One user with 10,000 tasks: pages of 50 at several offsets and the whole list, each against
+/// a 20-task user's first page of 50.
+async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Result<String> {
+    let user = "large";
+    let token = token(user);
+    let client = client_sdk::authenticated(&server.base_url, &token)?;
+    let batches = LARGE_USER_TASKS / 10;
+    for batch in 0..batches {
+        let creates = (0..10).map(|i| {
+            client
+                .create_task()
+                .body(
+                    client_sdk::types::TaskCreate::builder()
+                        .title(format!("task {}", batch * 10 + i)),
+                )
+                .send()
+        });
+        for created in futures::future::join_all(creates).await {
+            created?;
+        }
+    }
+    let small = integration_tests::token("1");
+    let mut report = String::new();
+    writeln!(
+        report,
+        "| user | request | req/s (c=10) | p50 ms | p99 ms | ÷ a 20-task user's first page |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
+    let baseline = fixed(server, &small, "/api/tasks?limit=50", duration, scratch_script()?)?;
+    writeln!(
+        report,
+        "| 20 tasks | `?limit=50` | {:.0} | {:.2} | {:.2} | 1.0 |",
+        baseline.requests_per_second, baseline.p50_ms, baseline.p99_ms
+    )?;
+    for path in [
+        "/api/tasks?limit=50",
+        "/api/tasks?limit=50&offset=5000",
+        "/api/tasks?limit=50&offset=9950",
+        "/api/tasks",
+    ] {
+        let run = fixed(server, &token, path, duration, scratch_script()?)?;
+        writeln!(
+            report,
+            "| {LARGE_USER_TASKS} tasks | `{}` | {:.0} | {:.2} | {:.2} | {:.1}× slower |",
+            path.trim_start_matches("/api/tasks"),
+            run.requests_per_second,
+            run.p50_ms,
+            run.p99_ms,
+            baseline.requests_per_second / run.requests_per_second
+        )?;
+    }
+    Ok(report)
+}
+
+fn scratch_script() -> anyhow::Result<tempfile::NamedTempFile> {
+    Ok(tempfile::Builder::new().suffix(".lua").tempfile()?)
+}
+
+/// `wrk` at c = 10 on one URL with one token.
+fn fixed(
+    server: &ServerProcess,
+    token: &str,
+    path: &str,
+    duration: Duration,
+    script: tempfile::NamedTempFile,
+) -> anyhow::Result<ServiceRun> {
+    std::fs::write(
+        script.path(),
+        format!(
+            "request = function() return wrk.format(\"GET\", \"{path}\", {{[\"Authorization\"] = \"Bearer {token}\"}}) end\n"
+        ),
+    )?;
+    wrk(server, script.path(), 10, duration.max(Duration::from_secs(1)))
+}
