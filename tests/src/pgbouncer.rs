@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::postgres::{as_postgres, free_port, is_root};
+use crate::postgres::{as_postgres, free_port, is_root, spawn_watchdog};
 
 pub struct PgBouncer {
     pub port: u16,
@@ -88,25 +88,12 @@ impl PgBouncer {
     }
 
     /// Kills PgBouncer and removes its directory once this process is gone, however it ends.
-    #[allow(clippy::zombie_processes)]
     fn spawn_watchdog(&self) {
-        let script = format!(
-            "while [ -d /proc/{me} ]; do sleep 1; done; kill {pid} 2>/dev/null; rm -rf '{base}'",
-            me = std::process::id(),
+        spawn_watchdog(&format!(
+            "kill {pid} 2>/dev/null; rm -rf '{base}'",
             pid = self.pid,
-            base = self.base.display(),
-        );
-        let mut command = Command::new("setsid");
-        if is_root() {
-            command.args(["runuser", "-u", "postgres", "--"]);
-        }
-        command
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the PgBouncer watchdog");
+            base = self.base.display()
+        ));
     }
 }
 

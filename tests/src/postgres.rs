@@ -113,28 +113,13 @@ impl PgCluster {
     }
 
     /// Stops the cluster and removes its directory once this process is gone, however it ends.
-    /// The watchdog is meant to outlive us, so it is deliberately never waited for.
-    #[allow(clippy::zombie_processes)]
     fn spawn_watchdog(&self) {
-        let script = format!(
-            "while [ -d /proc/{pid} ]; do sleep 1; done; \
-             '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{base}'",
-            pid = std::process::id(),
+        spawn_watchdog(&format!(
+            "'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{base}'",
             pg_ctl = self.bin.join("pg_ctl").display(),
             data = self.data(),
             base = self.base.display(),
-        );
-        let mut command = Command::new("setsid");
-        if is_root() {
-            command.args(["runuser", "-u", "postgres", "--"]);
-        }
-        command
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the cluster watchdog");
+        ));
     }
 }
 
@@ -147,6 +132,25 @@ impl Drop for PgCluster {
             .status();
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// Runs the shell command `cleanup` (as the `postgres` user when we are root) once this process
+/// is gone, however it ends. The watchdog is meant to outlive us, so it is never waited for.
+#[allow(clippy::zombie_processes)]
+pub(crate) fn spawn_watchdog(cleanup: &str) {
+    let script =
+        format!("while [ -d /proc/{pid} ]; do sleep 1; done; {cleanup}", pid = std::process::id());
+    let mut command = Command::new("setsid");
+    if is_root() {
+        command.args(["runuser", "-u", "postgres", "--"]);
+    }
+    command
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a watchdog");
 }
 
 /// A new, empty database on the shared server; returns its URL.

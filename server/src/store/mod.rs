@@ -271,6 +271,45 @@ async fn wait_until_reachable<C: sqlx::Connection>(
     }
 }
 
+impl ListQuery {
+    /// Whether this asks for a part of the list (`limit` or `offset`): only then does the total
+    /// need counting apart from the rows.
+    fn is_paged(&self) -> bool {
+        self.limit.is_some() || self.offset > 0
+    }
+}
+
+/// The start of a listing's statement, up to the owner's value. A window count only when
+/// paging: the whole list's total is its length.
+fn list_select(query: &ListQuery) -> &'static str {
+    if query.is_paged() {
+        "SELECT id, user_id, title, description, completed, created_at, updated_at, \
+         COUNT(*) OVER () AS total FROM tasks WHERE user_id = "
+    } else {
+        "SELECT id, user_id, title, description, completed, created_at, updated_at, \
+         CAST(0 AS BIGINT) AS total FROM tasks WHERE user_id = "
+    }
+}
+
+/// A listing's total, from the rows that came back (`total` is the window count of each).
+/// An offset past the end returns no rows, and so no window count either: `count` is asked.
+async fn list_total<F>(
+    query: &ListQuery,
+    rows: usize,
+    first_total: Option<i64>,
+    count: impl FnOnce() -> F,
+) -> StoreResult<i64>
+where
+    F: std::future::Future<Output = StoreResult<i64>>,
+{
+    Ok(match first_total {
+        _ if !query.is_paged() => rows as i64,
+        Some(total) => total,
+        None if query.offset > 0 => count().await?,
+        None => 0,
+    })
+}
+
 /// The owner-scoped filter for a listing; both dialects spell it the same way.
 fn status_condition(status: StatusFilter) -> &'static str {
     match status {

@@ -20,7 +20,8 @@ use sqlx::{
 
 use super::{
     ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreResult,
-    Task, TaskPatch, TaskStore, Written, order_by, status_condition, wait_until_reachable, written,
+    Task, TaskPatch, TaskStore, Written, list_select, list_total, order_by, status_condition,
+    wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
@@ -145,26 +146,22 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 #[async_trait]
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-             COUNT(*) OVER () AS total FROM tasks WHERE user_id = ",
-        );
+        let mut sql = QueryBuilder::<Postgres>::new(list_select(query));
         sql.push_bind(owner);
         sql.push(status_condition(query.status));
         sql.push(order_by(query.sort, query.order));
         if let Some(limit) = query.limit {
             sql.push(" LIMIT ").push_bind(limit);
         }
-        sql.push(" OFFSET ").push_bind(query.offset);
+        if query.offset > 0 {
+            sql.push(" OFFSET ").push_bind(query.offset);
+        }
         let rows: Vec<ListedRow> = self
             .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
             .await?;
-        let total = match rows.first() {
-            Some(row) => row.total,
-            // An offset past the end returns no rows, and so no window count either.
-            None if query.offset > 0 => self.count(owner, query.status).await?,
-            None => 0,
-        };
+        let first_total = rows.first().map(|row| row.total);
+        let total =
+            list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
         Ok(Page { tasks: rows.into_iter().map(|row| row.task).collect(), total })
     }
 

@@ -14,8 +14,8 @@ use sqlx::{
 
 use super::{
     ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreError,
-    StoreResult, Task, TaskPatch, TaskStore, Written, order_by, status_condition,
-    wait_until_reachable, written,
+    StoreResult, Task, TaskPatch, TaskStore, Written, list_select, list_total, order_by,
+    status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
@@ -121,22 +121,19 @@ impl SqliteStore {
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-             COUNT(*) OVER () AS total FROM tasks WHERE user_id = ",
-        );
+        let mut sql = QueryBuilder::<Sqlite>::new(list_select(query));
         sql.push_bind(owner);
         sql.push(status_condition(query.status));
         sql.push(order_by(query.sort, query.order));
-        // SQLite needs a LIMIT before an OFFSET; -1 means "no limit".
-        sql.push(" LIMIT ").push_bind(query.limit.unwrap_or(-1));
-        sql.push(" OFFSET ").push_bind(query.offset);
+        if query.is_paged() {
+            // SQLite needs a LIMIT before an OFFSET; -1 means "no limit".
+            sql.push(" LIMIT ").push_bind(query.limit.unwrap_or(-1));
+            sql.push(" OFFSET ").push_bind(query.offset);
+        }
         let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
-        let total = match rows.first() {
-            Some(row) => row.total,
-            None if query.offset > 0 => self.count(owner, query.status).await?,
-            None => 0,
-        };
+        let first_total = rows.first().map(|row| row.total);
+        let total =
+            list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
         let tasks =
             rows.into_iter().map(|row| Task::try_from(row.task)).collect::<StoreResult<_>>()?;
         Ok(Page { tasks, total })
