@@ -81,12 +81,10 @@ struct ServiceRun {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    for tool in ["wrk"] {
-        anyhow::ensure!(
-            Command::new(tool).arg("--version").output().is_ok(),
-            "{tool} is not installed (Debian: apt-get install {tool})"
-        );
-    }
+    anyhow::ensure!(
+        Command::new("wrk").arg("--version").output().is_ok(),
+        "wrk is not installed (Debian: apt-get install wrk)"
+    );
     let binary = server_process::build_release()?;
     let scratch = tempfile::tempdir()?;
     let (duration, concurrencies, rounds) = match (options.quick, options.concurrency) {
