@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::postgres::{as_postgres, free_port, is_root, spawn_watchdog};
+use crate::postgres::{as_postgres, free_port, give_to_postgres, spawn_watchdog};
 
 pub struct PgBouncer {
     pub port: u16,
@@ -50,14 +50,7 @@ impl PgBouncer {
             base = base.display(),
         );
         std::fs::write(base.join("pgbouncer.ini"), config).expect("write pgbouncer.ini");
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&base)
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown the PgBouncer directory to postgres");
-        }
+        give_to_postgres(&base);
         let status = as_postgres(&binary())
             .arg("-d")
             .arg(base.join("pgbouncer.ini"))

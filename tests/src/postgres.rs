@@ -27,14 +27,7 @@ impl PgCluster {
         let bin = bin_dir();
         let base =
             tempfile::Builder::new().prefix("task-api-pg-").tempdir().expect("temp dir").keep();
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&base)
-                .status()
-                .expect("chown");
-            assert!(status.success(), "chown the cluster directory to postgres");
-        }
+        give_to_postgres(&base);
         let port = free_port();
         let cluster = Self { port, base, bin };
         cluster.run(
@@ -227,6 +220,18 @@ pub fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(query) => format!("{server}/{name}?{query}"),
         None => format!("{server}/{name}"),
+    }
+}
+
+/// Hands `dir` to the `postgres` OS user when we are root (its programs refuse to run as root).
+pub(crate) fn give_to_postgres(dir: &Path) {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown {} to postgres", dir.display());
     }
 }
 

@@ -4,9 +4,10 @@
 //! poem-openapi 5 keys JSON bodies as `application/json; charset=utf-8`, upper-cases response
 //! header names, has no `nullable`, and gives every operation the same error responses. Each rewrite below is one step over the generated document, so the code
 //! stays the only source: the error sets come from [`ERROR_STATUSES`], the lengths from
-//! [`crate::limits`], the error examples from the server's own error type. A step that finds
-//! nothing to change panics, so a renamed schema cannot silently drop a rewrite (the unit tests
-//! and `cargo xtask openapi` build the document).
+//! [`crate::limits`], the error examples from the server's own error type. A missing schema or
+//! an operation without error statuses panics, and the unit tests below check that nothing
+//! poem-openapi wrote (charset media types, upper-cased headers) is left, so a renamed type
+//! cannot silently drop a rewrite.
 
 use serde_json::{Map, Value, json};
 
