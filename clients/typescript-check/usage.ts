@@ -49,6 +49,16 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   const total = Number(listed.response.headers.get("X-Total-Count"));
   console.log(tasks.map(descriptionLength), total);
 
+  // The next page: the cursor from `Link: <…after=…>; rel="next"`, with the same sort and order.
+  const link = listed.response.headers.get("Link");
+  const after: string | undefined = link?.match(/[?&]after=([^&>]+)/)?.[1];
+  if (after !== undefined) {
+    const next = await api.GET("/api/tasks", {
+      params: { query: { status: "pending", sort: "updated", order: "desc", limit: 50, after } },
+    });
+    console.log(next.data?.length);
+  }
+
   // Create; the new task's ETag and Location are headers.
   const created = await api.POST("/api/tasks", {
     body: { title: "Buy groceries", description: "Milk, eggs", completed: false },

@@ -116,6 +116,7 @@ pub fn cors(origins: &[String]) -> Cors {
         ])
         .expose_headers([
             HeaderName::from_static("x-total-count"),
+            header::LINK,
             header::LOCATION,
             header::ETAG,
             REQUEST_ID,

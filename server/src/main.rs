@@ -9,6 +9,10 @@ use server::{
     config::{Config, MetricsListener},
 };
 
+// glibc's allocator was ~13 % of the server's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h]";
 
 fn main() -> ExitCode {
@@ -54,7 +58,7 @@ fn describe(err: &anyhow::Error) -> String {
 
 #[tokio::main]
 async fn run(config: Config) -> anyhow::Result<()> {
-    server::telemetry::init(config.log_format);
+    let _log_writer = server::telemetry::init(config.log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

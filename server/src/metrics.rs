@@ -34,8 +34,28 @@ fn handle() -> &'static PrometheusHandle {
         if ::metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was installed already: /metrics reports nothing");
         }
+        spawn_upkeep(handle.clone());
         handle
     })
+}
+
+/// How often recorded latencies are folded into the histogram's buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The recorder keeps every latency sample until it is folded into the buckets, which only a
+/// scrape or an upkeep does: without this, an instance nobody scrapes grew by 8 bytes per
+/// request (~30 MB over a five-minute benchmark). A plain thread, so that it runs whatever
+/// runtime, if any, installed the recorder.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "could not start the metrics upkeep thread");
+    }
 }
 
 /// Installs the recorder now, so that nothing recorded before the first scrape is lost.

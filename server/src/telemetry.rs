@@ -1,14 +1,38 @@
 //! Logging setup: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
+//!
+//! Lines are formatted on the thread that logs them but written by a background thread through
+//! a buffer that it flushes whenever it has nothing left to write: under load, many lines per
+//! `write(2)` instead of one each (a synchronous write per request cost ~6 % of the server's
+//! CPU, see `docs/benchmarks.md`), and never more than one line's delay when idle. If the
+//! writer falls more than [`BUFFERED_LINES`] lines behind, new lines are dropped rather than
+//! slowing requests down.
 
+use std::io::{BufWriter, Stderr};
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// Lines that may wait for the writer thread before new ones are dropped.
+const BUFFERED_LINES: usize = 128 * 1024;
+
+/// Keeps the log writer running; dropping it writes out what is queued.
+#[must_use = "logs stop being written when the guard is dropped"]
+pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let stderr: BufWriter<Stderr> = BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(stderr);
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Pretty => builder.compact().init(),
     }
+    LogGuard(guard)
 }

@@ -91,6 +91,11 @@ impl Database {
             Backend::PgBouncer => Self { url: postgres::fresh_pooled_database().await, _dir: None },
         }
     }
+
+    /// The same database without a pooler in between (the URL itself, but behind PgBouncer).
+    pub fn direct_url(&self) -> String {
+        postgres::direct_url(&self.url)
+    }
 }
 
 /// Extra knobs for [`TestServer::start_with`].

@@ -163,6 +163,13 @@ pub async fn fresh_pooled_database() -> String {
     format!("postgres://postgres:{}@127.0.0.1:{}/{name}", crate::logs::DB_PASSWORD, bouncer.port)
 }
 
+/// `url`'s database on the shared server, reached directly (for a pooled URL, not through
+/// PgBouncer).
+pub fn direct_url(url: &str) -> String {
+    let name = url.split('?').next().and_then(|base| base.rsplit('/').next()).unwrap_or_default();
+    with_database(&admin_url(), name)
+}
+
 /// Drops the database `url` names if it is on `TEST_DATABASE_URL`'s server, which outlives the
 /// tests (terminating what is still connected to it).
 pub fn drop_on_shared_server(url: &str) {

@@ -24,6 +24,8 @@ on_every_database!(
     create_ignores_owner_ids_timestamps_and_unknown_fields,
     list_returns_only_the_callers_tasks_oldest_first,
     list_filters_sorts_and_pages_with_a_total,
+    keyset_pages_walk_every_task_once_in_every_order,
+    a_deleted_cursor_task_does_not_break_the_walk,
     list_parameter_errors_are_400_or_422,
     get_toggle_and_delete_a_task,
     update_is_partial_and_moves_updated_at_forward,
@@ -261,6 +263,99 @@ async fn list_filters_sorts_and_pages_with_a_total(backend: Backend) {
     }
 }
 
+/// The `after` of a `Link: <…>; rel="next"` header, and the link itself.
+fn next_link(headers: &header::HeaderMap) -> Option<(String, String)> {
+    let link = headers.get(header::LINK)?.to_str().unwrap().to_owned();
+    let target = link
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix(">; rel=\"next\""))
+        .unwrap_or_else(|| panic!("not a next link: {link}"));
+    let after = target.split_once("after=").expect("the link has `after`").1.to_owned();
+    Some((target.to_owned(), after))
+}
+
+/// Following `Link: rel="next"` from a first page of `limit` visits every matching task once,
+/// in the listing's order, for every filter, sort key and order; every page says the total;
+/// the last page has no link, even when it is full. Titles repeat, so ties cross pages.
+async fn keyset_pages_walk_every_task_once_in_every_order(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server.client("walker");
+    let raw = server.raw();
+    let mut ids = Vec::new();
+    for title in ["b", "a", "b", "c", "a", "b", "d", "a", "c"] {
+        ids.push(create(&client, title).await.id);
+    }
+    for &id in &[ids[1], ids[3], ids[6], ids[7]] {
+        client.toggle_task().id(id).send().await.unwrap();
+    }
+    for &id in &[ids[7], ids[8]] {
+        client.delete_task().id(id).send().await.unwrap();
+    }
+    // 7 tasks: 4 pending, 3 completed (a full last page of 3, without a next link).
+    let three = NonZeroU64::new(3).unwrap();
+    for status in [TaskStatus::All, TaskStatus::Pending, TaskStatus::Completed] {
+        for sort in [TaskSort::Created, TaskSort::Updated, TaskSort::Title] {
+            for order in [SortOrder::Asc, SortOrder::Desc] {
+                let case = format!("{status:?} {sort:?} {order:?}");
+                let all = client.list_tasks().status(status).sort(sort).order(order);
+                let expected: Vec<i64> =
+                    all.send().await.unwrap().into_inner().iter().map(|t| t.id).collect();
+                let first = client.list_tasks().status(status).sort(sort).order(order);
+                let first = first.limit(three).send().await.unwrap();
+                assert_eq!(total_count(first.headers()), expected.len() as i64, "{case}");
+                let mut next = next_link(first.headers());
+                let mut walked: Vec<i64> = first.into_inner().iter().map(|t| t.id).collect();
+                let mut pages = 1;
+                while let Some((target, _)) = next {
+                    assert!(target.starts_with("/api/tasks?"), "{case}: {target}");
+                    let page = raw.request(Method::GET, &target).bearer_auth(token("walker"));
+                    let page = page.send().await.unwrap();
+                    assert_eq!(page.status(), StatusCode::OK, "{case}: {target}");
+                    assert_eq!(total_count(page.headers()), expected.len() as i64, "{case}");
+                    next = next_link(page.headers());
+                    let tasks: Vec<Task> = page.json().await.unwrap();
+                    assert!(tasks.len() == 3 || next.is_none(), "{case}: a short page links on");
+                    walked.extend(tasks.iter().map(|t| t.id));
+                    pages += 1;
+                }
+                assert_eq!(walked, expected, "{case}");
+                assert_eq!(pages, expected.len().div_ceil(3).max(1), "{case}");
+            }
+        }
+    }
+}
+
+/// A cursor is a position, not a task: the next page still follows after its task is deleted,
+/// and the generated client's `after` takes it as is.
+async fn a_deleted_cursor_task_does_not_break_the_walk(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server.client("deleter");
+    let mut ids = Vec::new();
+    for title in ["one", "two", "three", "four", "five"] {
+        ids.push(create(&client, title).await.id);
+    }
+    let two = NonZeroU64::new(2).unwrap();
+    let first = client.list_tasks().limit(two).send().await.unwrap();
+    let (_, after) = next_link(first.headers()).expect("more pages");
+    let first: Vec<i64> = first.into_inner().iter().map(|t| t.id).collect();
+    assert_eq!(first, ids[..2]);
+    client.delete_task().id(ids[1]).send().await.unwrap();
+    let second = client.list_tasks().limit(two).after(&after).send().await.unwrap();
+    assert_eq!(total_count(second.headers()), 4);
+    let (_, after) = next_link(second.headers()).expect("one more page");
+    let second: Vec<i64> = second.into_inner().iter().map(|t| t.id).collect();
+    assert_eq!(second, ids[2..4]);
+    let last = client.list_tasks().limit(two).after(&after).send().await.unwrap();
+    assert!(next_link(last.headers()).is_none());
+    let last: Vec<i64> = last.into_inner().iter().map(|t| t.id).collect();
+    assert_eq!(last, ids[4..]);
+    // Past the end: no tasks, the total still exact.
+    let past = client.list_tasks().after(&after).sort(TaskSort::Created);
+    let past = past.offset(5).send().await.unwrap();
+    assert_eq!(total_count(past.headers()), 4);
+    assert!(past.into_inner().is_empty());
+}
+
 async fn list_parameter_errors_are_400_or_422(backend: Backend) {
     let server = TestServer::start(backend).await;
     let raw = server.raw();
@@ -271,6 +366,11 @@ async fn list_parameter_errors_are_400_or_422(backend: Backend) {
         "order=up",
         "offset=1.5",
         "limit=99999999999999999999",
+        "after=!!",
+        "after=Y2EuNy41x",
+        // A cursor of `sort=created&order=asc` (`ca.7.5`), and one of `order=desc`, swapped.
+        "order=desc&after=Y2EuNy41",
+        "after=Y2QuNy41",
     ] {
         let response = raw
             .request(Method::GET, &format!("/api/tasks?{query}"))
@@ -1104,7 +1204,7 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
     assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], frontend);
     let exposed =
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_lowercase();
-    for name in ["x-total-count", "location", "etag"] {
+    for name in ["x-total-count", "link", "location", "etag"] {
         assert!(exposed.contains(name), "{exposed}");
     }
     // Errors carry CORS headers too, so the frontend can read them.

@@ -18,6 +18,8 @@ on_every_database!(
     listing_orders_ties_by_id_and_counts_before_paging,
     timestamps_round_trip_to_the_microsecond,
     preconditions_are_checked_in_the_same_statement_as_the_write,
+    paged_totals_follow_every_kind_of_write,
+    upgrading_counts_the_tasks_already_there,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
@@ -183,4 +185,116 @@ async fn preconditions_are_checked_in_the_same_statement_as_the_write(backend: B
         "{outcomes:?}"
     );
     assert_eq!(store.delete("missing-owner", task.id, &tag).await.unwrap(), Written::Missing);
+}
+
+/// The totals of paged listings come from `task_counts`, kept by triggers: after every kind of
+/// write, for two owners, each status's paged total is the length of its whole list.
+async fn paged_totals_follow_every_kind_of_write(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    // A fixed pseudo-random walk (a linear congruential generator), so failures replay.
+    let mut seed: u64 = 42;
+    let mut next = move |below: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % below
+    };
+    let mut ids: Vec<(&str, i64)> = Vec::new();
+    for step in 0..80 {
+        let owner = if next(3) == 0 { "bob" } else { "alice" };
+        let mine: Vec<i64> = ids.iter().filter(|(o, _)| *o == owner).map(|(_, id)| *id).collect();
+        let pick = (!mine.is_empty()).then(|| mine[next(mine.len() as u64) as usize]);
+        match (next(5), pick) {
+            (0 | 1, _) | (_, None) => {
+                let task = NewTask {
+                    title: format!("t{step}"),
+                    description: None,
+                    completed: next(2) == 0,
+                };
+                ids.push((owner, store.create(owner, &task).await.unwrap().id));
+            }
+            (2, Some(id)) => {
+                store.toggle_completed(owner, id, ANY).await.unwrap();
+            }
+            (3, Some(id)) => {
+                let patch = TaskPatch {
+                    completed: Some(next(2) == 0),
+                    title: Some("p".into()),
+                    ..TaskPatch::default()
+                };
+                store.update(owner, id, &patch, ANY).await.unwrap();
+            }
+            (_, Some(id)) => {
+                store.delete(owner, id, ANY).await.unwrap();
+                ids.retain(|(_, other)| *other != id);
+            }
+        }
+        for owner in ["alice", "bob"] {
+            for status in [StatusFilter::All, StatusFilter::Pending, StatusFilter::Completed] {
+                let all = store.list(owner, &ListQuery { status, ..ListQuery::default() }).await;
+                let paged = ListQuery { status, limit: Some(1), ..ListQuery::default() };
+                let paged = store.list(owner, &paged).await.unwrap();
+                let past = ListQuery { status, offset: 1000, ..ListQuery::default() };
+                let past = store.list(owner, &past).await.unwrap();
+                let expected = all.unwrap().tasks.len() as i64;
+                assert_eq!(
+                    (paged.total, past.total),
+                    (expected, expected),
+                    "step {step} {owner} {status:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A database made before `task_counts` existed gets its tasks counted by the migration that
+/// creates it: the first migration alone (sqlx's own runner), tasks written by hand, then the
+/// store's start-up applies the rest.
+async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
+    let database = Database::fresh(backend).await;
+    let mut first = match backend {
+        Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+        Backend::Postgres | Backend::PgBouncer => sqlx::migrate!("../migrations/postgres"),
+    };
+    first.migrations = first.migrations[..1].to_vec().into();
+    let insert = "INSERT INTO tasks (user_id, title, completed, created_at, updated_at) \
+                  VALUES ($1, 't', $2, $3, $3)";
+    let rows = [("old", true), ("old", false), ("old", true), ("older", false)];
+    if backend == Backend::Sqlite {
+        let options: sqlx::sqlite::SqliteConnectOptions = database.url.parse().unwrap();
+        let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true)).await.unwrap();
+        first.run(&pool).await.unwrap();
+        for (owner, completed) in rows {
+            sqlx::query(insert)
+                .bind(owner)
+                .bind(completed)
+                .bind(1_i64)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    } else {
+        let url = database.direct_url();
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        first.run(&pool).await.unwrap();
+        for (owner, completed) in rows {
+            let now = chrono::Utc::now();
+            sqlx::query(insert).bind(owner).bind(completed).bind(now).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = store::connect(&database.url, &backend.connect_options()).await.unwrap();
+    let total = |owner: &'static str, status| {
+        let store = store.clone();
+        async move {
+            let query = ListQuery { status, limit: Some(1), ..ListQuery::default() };
+            store.list(owner, &query).await.unwrap().total
+        }
+    };
+    assert_eq!(total("old", StatusFilter::All).await, 3);
+    assert_eq!(total("old", StatusFilter::Completed).await, 2);
+    assert_eq!(total("old", StatusFilter::Pending).await, 1);
+    assert_eq!(total("older", StatusFilter::All).await, 1);
+    // And the triggers take over from there.
+    store.create("old", &new_task("new")).await.unwrap();
+    assert_eq!(total("old", StatusFilter::Pending).await, 2);
 }

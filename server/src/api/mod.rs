@@ -2,7 +2,9 @@
 //! `service()` needs no database and no server, so the xtask and `main` share it.
 
 mod conditional;
+mod cursor;
 mod health;
+mod payload;
 mod security;
 mod spec;
 mod tasks;

@@ -19,8 +19,8 @@ use crate::{
 
 /// Response header names as the server sends them (HTTP names are case-insensitive, generated
 /// types are not).
-const HEADER_NAMES: [&str; 5] =
-    ["ETag", "Location", "Retry-After", "WWW-Authenticate", "X-Total-Count"];
+const HEADER_NAMES: [&str; 6] =
+    ["ETag", "Link", "Location", "Retry-After", "WWW-Authenticate", "X-Total-Count"];
 
 /// poem-openapi's key for `Json<T>` bodies.
 const JSON_WITH_CHARSET: &str = "application/json; charset=utf-8";
@@ -185,7 +185,7 @@ mod tests {
     fn nothing_generated_is_left_behind() {
         let text = super::super::openapi_json();
         assert!(!text.contains("charset=utf-8"));
-        for upper in ["X-TOTAL-COUNT", "ETAG", "LOCATION", "RETRY-AFTER"] {
+        for upper in ["X-TOTAL-COUNT", "ETAG", "LINK", "LOCATION", "RETRY-AFTER"] {
             assert!(!text.contains(&format!("\"{upper}\"")), "{upper}");
         }
         assert_eq!(document()["servers"][0]["url"], "/");

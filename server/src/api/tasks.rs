@@ -16,6 +16,8 @@ use poem_openapi::{
 use super::{
     ApiTags,
     conditional::{etag, none_match, precondition, written},
+    cursor,
+    payload::JsonBody,
     security::{BearerAuth, Caller, UserPathBearerAuth},
     types::{
         DeletedResponse, GetTaskResponse, JsonObject, Limit, Offset, OrderParam, SortParam,
@@ -80,12 +82,26 @@ macro_rules! task_operations {
                 order: Query<OrderParam>,
                 /// At most this many tasks; without it, all of them.
                 limit: Query<Option<Limit>>,
-                /// Skip this many matching tasks first.
+                /// Skip this many matching tasks first. Deep offsets walk every task they
+                /// skip: to go through a long list, follow `Link: rel="next"` (`after`) instead.
                 #[oai(default)]
                 offset: Query<Offset>,
+                /// Start after this position: the cursor in the previous page's
+                /// `Link: rel="next"` header. Opaque, and only valid with the same `sort` and
+                /// `order`; a page costs the same wherever it starts.
+                after: Query<Option<String>>,
+                req: &Request,
             ) -> Result<TaskListResponse, ApiError> {
                 $( let _ = $user_id; )?
-                list(&state, &auth.0, list_query(status.0, sort.0, order.0, limit.0, offset.0)?).await
+                let query = list_query(
+                    status.0,
+                    sort.0,
+                    order.0,
+                    limit.0,
+                    offset.0,
+                    after.0.as_deref(),
+                )?;
+                list(&state, &auth.0, req, query).await
             }
 
             /// Create a task
@@ -245,7 +261,10 @@ fn list_query(
     order: OrderParam,
     limit: Option<Limit>,
     offset: Offset,
+    after: Option<&str>,
 ) -> Result<ListQuery, ApiError> {
+    let (sort, order) = (sort.into(), order.into());
+    let after = after.map(|text| cursor::decode(text, sort, order)).transpose()?;
     let mut errors = Vec::new();
     let mut check = |field: &str, value: Result<i64, String>| {
         value.map_err(|message| errors.push(FieldError::new(field, message))).ok()
@@ -255,23 +274,19 @@ fn list_query(
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
     }
-    Ok(ListQuery {
-        status: status.into(),
-        sort: sort.into(),
-        order: order.into(),
-        limit,
-        offset: offset.unwrap_or(0),
-    })
+    Ok(ListQuery { status: status.into(), sort, order, limit, offset: offset.unwrap_or(0), after })
 }
 
 async fn list(
     state: &AppState,
     caller: &Caller,
+    req: &Request,
     query: ListQuery,
 ) -> Result<TaskListResponse, ApiError> {
     let page = state.store.list(&caller.user_id, &query).await?;
+    let next = page.next.as_ref().map(|next| cursor::next_link(req.uri().path(), &query, next));
     let tasks = page.tasks.into_iter().map(Into::into).collect();
-    Ok(TaskListResponse::Ok(Json(tasks), page.total))
+    Ok(TaskListResponse::Ok(JsonBody(tasks), page.total, next))
 }
 
 async fn create(
@@ -285,7 +300,7 @@ async fn create(
     // The new task's URL in the style of the collection it was posted to.
     let location = format!("{}/{}", req.uri().path().trim_end_matches('/'), task.id);
     let etag = etag(&task);
-    Ok(TaskCreatedResponse::Created(Json(task.into()), location, etag))
+    Ok(TaskCreatedResponse::Created(JsonBody(task.into()), location, etag))
 }
 
 async fn get(
@@ -299,7 +314,7 @@ async fn get(
     if none_match(if_none_match, &etag) {
         return Ok(GetTaskResponse::NotModified(etag));
     }
-    Ok(GetTaskResponse::Ok(Json(task.into()), etag))
+    Ok(GetTaskResponse::Ok(JsonBody(task.into()), etag))
 }
 
 async fn update(
@@ -337,5 +352,5 @@ async fn delete(
 
 fn task_response(task: Task) -> TaskResponse {
     let etag = etag(&task);
-    TaskResponse::Ok(Json(task.into()), etag)
+    TaskResponse::Ok(JsonBody(task.into()), etag)
 }

@@ -83,13 +83,42 @@ pub enum Written<T> {
 }
 
 /// Which of an owner's tasks to list, in which order. Ties are broken by id, so pages are stable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub status: StatusFilter,
     pub sort: SortKey,
     pub order: SortOrder,
     pub limit: Option<i64>,
     pub offset: i64,
+    /// Only the tasks that come after this position in the listing's order (keyset paging:
+    /// a page costs the same wherever it starts, unlike `offset`, which walks what it skips).
+    pub after: Option<Cursor>,
+}
+
+/// A position in a listing: the sort value and id of the last task of a page. Its `value`
+/// matches the listing's sort key (a time for `Created`/`Updated`, a title for `Title`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub value: SortValue,
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortValue {
+    Time(DateTime<Utc>),
+    Title(String),
+}
+
+impl Cursor {
+    /// Where `task` stands in a listing sorted by `sort`.
+    pub fn at(task: &Task, sort: SortKey) -> Self {
+        let value = match sort {
+            SortKey::Created => SortValue::Time(task.created_at),
+            SortKey::Updated => SortValue::Time(task.updated_at),
+            SortKey::Title => SortValue::Title(task.title.clone()),
+        };
+        Self { value, id: task.id }
+    }
 }
 
 /// One page of a listing and the number of tasks that matched before paging.
@@ -97,6 +126,8 @@ pub struct ListQuery {
 pub struct Page {
     pub tasks: Vec<Task>,
     pub total: i64,
+    /// Where the next page starts, when a `limit` left tasks after this page.
+    pub next: Option<Cursor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,27 +303,66 @@ async fn wait_until_reachable<C: sqlx::Connection>(
 }
 
 impl ListQuery {
-    /// Whether this asks for a part of the list (`limit` or `offset`): only then does the total
-    /// need counting apart from the rows.
+    /// Whether this asks for a part of the list (`limit`, `offset` or `after`): only then does
+    /// the total need counting apart from the rows.
     fn is_paged(&self) -> bool {
-        self.limit.is_some() || self.offset > 0
+        self.limit.is_some() || self.offset > 0 || self.after.is_some()
+    }
+
+    /// Rows to fetch: one more than `limit`, to learn whether a next page exists.
+    fn fetch_limit(&self) -> Option<i64> {
+        self.limit.map(|limit| limit + 1)
     }
 }
 
-/// The start of a listing's statement, up to the owner's value. A window count only when
-/// paging: the whole list's total is its length.
+/// The start of a listing's statement, up to the owner's value. When paging, the total comes
+/// from `task_counts` (kept by triggers with every write, see the migration), bound to the
+/// owner first; otherwise the whole list's total is its length.
 fn list_select(query: &ListQuery) -> &'static str {
-    if query.is_paged() {
-        "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-         COUNT(*) OVER () AS total FROM tasks WHERE user_id = "
-    } else {
-        "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-         CAST(0 AS BIGINT) AS total FROM tasks WHERE user_id = "
+    macro_rules! counted {
+        ($count:literal) => {
+            concat!(
+                "SELECT id, user_id, title, description, completed, created_at, updated_at, \
+                 COALESCE((SELECT ",
+                $count,
+                " FROM task_counts WHERE user_id = "
+            )
+        };
+    }
+    match (query.is_paged(), query.status) {
+        (false, _) => {
+            "SELECT id, user_id, title, description, completed, created_at, updated_at, \
+             CAST(0 AS BIGINT) AS total FROM tasks WHERE user_id = "
+        }
+        (true, StatusFilter::All) => counted!("total"),
+        (true, StatusFilter::Pending) => counted!("total - completed"),
+        (true, StatusFilter::Completed) => counted!("completed"),
     }
 }
 
-/// A listing's total, from the rows that came back (`total` is the window count of each).
-/// An offset past the end returns no rows, and so no window count either: `count` is asked.
+/// Closes the count's subquery opened by [`list_select`] (after its owner was bound) and opens
+/// the listing's own `WHERE`, up to the owner's value again.
+const LIST_COUNTED_FROM: &str = "), 0) AS total FROM tasks WHERE user_id = ";
+
+/// The owner's number of tasks matching `status`, from `task_counts`, up to the owner's value;
+/// then [`COUNT_END`].
+fn count_select(status: StatusFilter) -> &'static str {
+    match status {
+        StatusFilter::All => "SELECT COALESCE((SELECT total FROM task_counts WHERE user_id = ",
+        StatusFilter::Pending => {
+            "SELECT COALESCE((SELECT total - completed FROM task_counts WHERE user_id = "
+        }
+        StatusFilter::Completed => {
+            "SELECT COALESCE((SELECT completed FROM task_counts WHERE user_id = "
+        }
+    }
+}
+
+const COUNT_END: &str = "), 0)";
+
+/// A listing's total, from the rows that came back (`total` is the count each row carries).
+/// A page past the end (by `offset` or `after`) returns no rows, and so no count either:
+/// `count` is asked.
 async fn list_total<F>(
     query: &ListQuery,
     rows: usize,
@@ -305,9 +375,32 @@ where
     Ok(match first_total {
         _ if !query.is_paged() => rows as i64,
         Some(total) => total,
-        None if query.offset > 0 => count().await?,
+        None if query.offset > 0 || query.after.is_some() => count().await?,
         None => 0,
     })
+}
+
+/// Drops the extra task fetched by [`ListQuery::fetch_limit`], if it came, and says where the
+/// next page starts.
+fn split_page(query: &ListQuery, tasks: &mut Vec<Task>) -> Option<Cursor> {
+    let limit = usize::try_from(query.limit?).ok()?;
+    if tasks.len() <= limit {
+        return None;
+    }
+    tasks.truncate(limit);
+    tasks.last().map(|task| Cursor::at(task, query.sort))
+}
+
+/// The keyset condition for `after`, up to its sort value; then `, ` and its id, then `)`.
+fn after_condition(sort: SortKey, order: SortOrder) -> &'static str {
+    match (sort, order) {
+        (SortKey::Created, SortOrder::Asc) => " AND (created_at, id) > (",
+        (SortKey::Created, SortOrder::Desc) => " AND (created_at, id) < (",
+        (SortKey::Updated, SortOrder::Asc) => " AND (updated_at, id) > (",
+        (SortKey::Updated, SortOrder::Desc) => " AND (updated_at, id) < (",
+        (SortKey::Title, SortOrder::Asc) => " AND (title, id) > (",
+        (SortKey::Title, SortOrder::Desc) => " AND (title, id) < (",
+    }
 }
 
 /// The owner-scoped filter for a listing; both dialects spell it the same way.

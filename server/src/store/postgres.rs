@@ -19,8 +19,9 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreResult,
-    Task, TaskPatch, TaskStore, Written, list_select, list_total, order_by, status_condition,
+    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
+    Precondition, SortValue, StatusFilter, StoreResult, Task, TaskPatch, TaskStore, Written,
+    after_condition, count_select, list_select, list_total, order_by, split_page, status_condition,
     wait_until_reachable, written,
 };
 
@@ -147,10 +148,21 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
         let mut sql = QueryBuilder::<Postgres>::new(list_select(query));
+        if query.is_paged() {
+            sql.push_bind(owner).push(LIST_COUNTED_FROM);
+        }
         sql.push_bind(owner);
         sql.push(status_condition(query.status));
+        if let Some(after) = &query.after {
+            sql.push(after_condition(query.sort, query.order));
+            match &after.value {
+                SortValue::Time(at) => sql.push_bind(*at),
+                SortValue::Title(title) => sql.push_bind(title.as_str()),
+            };
+            sql.push(", ").push_bind(after.id).push(")");
+        }
         sql.push(order_by(query.sort, query.order));
-        if let Some(limit) = query.limit {
+        if let Some(limit) = query.fetch_limit() {
             sql.push(" LIMIT ").push_bind(limit);
         }
         if query.offset > 0 {
@@ -162,7 +174,9 @@ impl TaskStore for PostgresStore {
         let first_total = rows.first().map(|row| row.total);
         let total =
             list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
-        Ok(Page { tasks: rows.into_iter().map(|row| row.task).collect(), total })
+        let mut tasks: Vec<Task> = rows.into_iter().map(|row| row.task).collect();
+        let next = split_page(query, &mut tasks);
+        Ok(Page { tasks, total, next })
     }
 
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
@@ -300,9 +314,8 @@ impl PostgresStore {
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM tasks WHERE user_id = ");
-        sql.push_bind(owner);
-        sql.push(status_condition(status));
+        let mut sql = QueryBuilder::<Postgres>::new(count_select(status));
+        sql.push_bind(owner).push(COUNT_END);
         self.call(async |db| sql.build_query_scalar().persistent(self.prepared).fetch_one(db).await)
             .await
     }

@@ -13,8 +13,9 @@ use sqlx::{
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, StatusFilter, StoreError,
-    StoreResult, Task, TaskPatch, TaskStore, Written, list_select, list_total, order_by,
+    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
+    Precondition, SortValue, StatusFilter, StoreError, StoreResult, Task, TaskPatch, TaskStore,
+    Written, after_condition, count_select, list_select, list_total, order_by, split_page,
     status_condition, wait_until_reachable, written,
 };
 
@@ -111,9 +112,8 @@ impl SqliteStore {
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM tasks WHERE user_id = ");
-        sql.push_bind(owner);
-        sql.push(status_condition(status));
+        let mut sql = QueryBuilder::<Sqlite>::new(count_select(status));
+        sql.push_bind(owner).push(COUNT_END);
         Ok(sql.build_query_scalar().fetch_one(&self.pool).await?)
     }
 }
@@ -122,21 +122,33 @@ impl SqliteStore {
 impl TaskStore for SqliteStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
         let mut sql = QueryBuilder::<Sqlite>::new(list_select(query));
+        if query.is_paged() {
+            sql.push_bind(owner).push(LIST_COUNTED_FROM);
+        }
         sql.push_bind(owner);
         sql.push(status_condition(query.status));
+        if let Some(after) = &query.after {
+            sql.push(after_condition(query.sort, query.order));
+            match &after.value {
+                SortValue::Time(at) => sql.push_bind(at.timestamp_micros()),
+                SortValue::Title(title) => sql.push_bind(title.as_str()),
+            };
+            sql.push(", ").push_bind(after.id).push(")");
+        }
         sql.push(order_by(query.sort, query.order));
         if query.is_paged() {
             // SQLite needs a LIMIT before an OFFSET; -1 means "no limit".
-            sql.push(" LIMIT ").push_bind(query.limit.unwrap_or(-1));
+            sql.push(" LIMIT ").push_bind(query.fetch_limit().unwrap_or(-1));
             sql.push(" OFFSET ").push_bind(query.offset);
         }
         let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         let first_total = rows.first().map(|row| row.total);
         let total =
             list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
-        let tasks =
+        let mut tasks =
             rows.into_iter().map(|row| Task::try_from(row.task)).collect::<StoreResult<_>>()?;
-        Ok(Page { tasks, total })
+        let next = split_page(query, &mut tasks);
+        Ok(Page { tasks, total, next })
     }
 
     async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {

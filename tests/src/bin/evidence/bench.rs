@@ -40,14 +40,22 @@ pub struct Options {
     concurrency: Option<usize>,
     /// More environment for the server, e.g. `METRICS=off` to price the metrics.
     server_env: Vec<(String, String)>,
+    /// This server binary instead of a fresh release build (to compare two builds in turn).
+    server_binary: Option<PathBuf>,
 }
 
-const USAGE: &str = "bench [--quick] [--pooler] [--concurrency N] [--server-env KEY=VALUE]…";
+const USAGE: &str =
+    "bench [--quick] [--pooler] [--concurrency N] [--server-env KEY=VALUE]… [--server-binary PATH]";
 
 impl Options {
     pub fn parse(args: &[&str]) -> anyhow::Result<Self> {
-        let mut options =
-            Options { quick: false, pooler: false, concurrency: None, server_env: Vec::new() };
+        let mut options = Options {
+            quick: false,
+            pooler: false,
+            concurrency: None,
+            server_env: Vec::new(),
+            server_binary: None,
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match *arg {
@@ -61,6 +69,9 @@ impl Options {
                     let (key, value) =
                         args.next().and_then(|a| a.split_once('=')).context(USAGE)?;
                     options.server_env.push((key.to_owned(), value.to_owned()));
+                }
+                "--server-binary" => {
+                    options.server_binary = Some(args.next().context(USAGE)?.into());
                 }
                 other => anyhow::bail!("unknown bench option {other}: {USAGE}"),
             }
@@ -85,7 +96,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         Command::new("wrk").arg("--version").output().is_ok(),
         "wrk is not installed (Debian: apt-get install wrk)"
     );
-    let binary = server_process::build_release()?;
+    let binary = match &options.server_binary {
+        Some(binary) => binary.clone(),
+        None => server_process::build_release()?,
+    };
     let scratch = tempfile::tempdir()?;
     let (duration, concurrencies, rounds) = match (options.quick, options.concurrency) {
         (true, _) => (Duration::from_secs(4), vec![50], 1),
@@ -100,17 +114,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
 
     // PostgreSQL: the service, alternating with pgbench on the same database.
-    let database_url = fresh_database().await;
     let (service_url, env) = if options.pooler {
-        // A second database behind the pooler would differ in data: seed the pooled one, and
-        // let pgbench run directly against the same database name.
-        let pooled = fresh_pooled_database().await;
-        (pooled, vec![("DATABASE_STATEMENT_CACHE", "0")])
+        (fresh_pooled_database().await, vec![("DATABASE_STATEMENT_CACHE", "0")])
     } else {
-        (database_url.clone(), vec![])
+        (fresh_database().await, vec![])
     };
-    let pgbench_url =
-        if options.pooler { direct_url(&database_url, &service_url) } else { database_url };
+    // pgbench goes straight to the same database (behind PgBouncer too).
+    let pgbench_url = postgres::direct_url(&service_url);
     let mut env: Vec<(&str, &str)> = env;
     env.extend([("RUST_LOG", "info"), ("LOG_FORMAT", "json")]);
     env.extend(options.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -177,12 +187,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     println!("\n{report}");
     Ok(())
-}
-
-/// The pooled URL's database, reached directly on the cluster (same name, the direct port).
-fn direct_url(direct: &str, pooled: &str) -> String {
-    let name = pooled.rsplit('/').next().unwrap_or_default();
-    postgres::with_database(direct, name)
 }
 
 /// 100 users × 20 tasks through the API, one user after another; a `wrk` script that knows
@@ -420,17 +424,25 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
         "| 20 tasks | `?limit=50` | {:.0} | {:.2} | {:.2} | 1.0 |",
         baseline.requests_per_second, baseline.p50_ms, baseline.p99_ms
     )?;
+    // The keyset page that starts where `offset=9950` does: the `Link` of the page before it.
+    let before_last = client.list_tasks().limit(std::num::NonZeroU64::new(50).unwrap());
+    let before_last = before_last.offset(9900).send().await?;
+    let link = before_last.headers().get("link").context("no Link on a page with more after it")?;
+    let after = link.to_str()?.split_once("after=").context("no after= in Link")?.1;
+    let after = after.split_once('>').context("a Link ends with >")?.0;
+    let keyset = format!("/api/tasks?limit=50&after={after}");
     for path in [
         "/api/tasks?limit=50",
         "/api/tasks?limit=50&offset=5000",
         "/api/tasks?limit=50&offset=9950",
+        keyset.as_str(),
         "/api/tasks",
     ] {
         let run = fixed(server, std::slice::from_ref(&token), path, duration, scratch_script()?)?;
         writeln!(
             report,
             "| {LARGE_USER_TASKS} tasks | `{}` | {:.0} | {:.2} | {:.2} | {:.1}× slower |",
-            path.trim_start_matches("/api/tasks"),
+            path.trim_start_matches("/api/tasks").replace(after, "…"),
             run.requests_per_second,
             run.p50_ms,
             run.p99_ms,
