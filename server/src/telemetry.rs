@@ -31,7 +31,10 @@ pub fn init(format: LogFormat) -> LogGuard {
         .finish(stderr);
     let builder = fmt().with_env_filter(filter).with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        // The request span once per line (`span`), not again as a one-element `spans` list.
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+        }
         LogFormat::Pretty => builder.compact().init(),
     }
     LogGuard(guard)

@@ -67,37 +67,24 @@ pub fn decode(text: &str, sort: SortKey, order: SortOrder) -> Result<Cursor, Api
 /// `Link: <path?…&after=…>; rel="next"` for the page after this one: the same path and
 /// parameters, `after` instead of `offset`.
 pub fn next_link(path: &str, query: &ListQuery, next: &Cursor) -> String {
-    let mut link = format!("<{path}?");
     let status = match query.status {
         StatusFilter::All => None,
-        StatusFilter::Pending => Some("pending"),
-        StatusFilter::Completed => Some("completed"),
+        StatusFilter::Pending => Some("status=pending"),
+        StatusFilter::Completed => Some("status=completed"),
     };
-    if let Some(status) = status {
-        link.push_str("status=");
-        link.push_str(status);
-        link.push('&');
-    }
     let sort = match query.sort {
         SortKey::Created => None,
-        SortKey::Updated => Some("updated"),
-        SortKey::Title => Some("title"),
+        SortKey::Updated => Some("sort=updated"),
+        SortKey::Title => Some("sort=title"),
     };
-    if let Some(sort) = sort {
-        link.push_str("sort=");
-        link.push_str(sort);
-        link.push('&');
-    }
-    if query.order == SortOrder::Desc {
-        link.push_str("order=desc&");
-    }
-    if let Some(limit) = query.limit {
-        link.push_str(&format!("limit={limit}&"));
-    }
-    link.push_str("after=");
-    link.push_str(&encode(next, query.sort, query.order));
-    link.push_str(">; rel=\"next\"");
-    link
+    let order = (query.order == SortOrder::Desc).then_some("order=desc");
+    let limit = query.limit.map(|limit| format!("limit={limit}"));
+    let after = format!("after={}", encode(next, query.sort, query.order));
+    let params: Vec<&str> = [status, sort, order, limit.as_deref(), Some(after.as_str())]
+        .into_iter()
+        .flatten()
+        .collect();
+    format!("<{path}?{}>; rel=\"next\"", params.join("&"))
 }
 
 #[cfg(test)]

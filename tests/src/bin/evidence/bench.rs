@@ -9,7 +9,10 @@
 //! - The headline: service and pgbench runs alternate three times per concurrency; the median
 //!   ratio of their throughputs (absolute figures swing on shared machines, pairs hold).
 //! - Also: the server's CPU per request (`/proc/PID/stat`), its peak RSS, the same workload on
-//!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, and everything).
+//!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, the keyset page
+//!   that starts where the last offset does, and everything).
+//! - `--server-binary PATH`: that build instead of a fresh release build, to compare two builds
+//!   run after run.
 //! - `--pooler`: the service behind PgBouncer (transaction mode, `DATABASE_STATEMENT_CACHE=0`).
 //! - `--quick`: one short pair at c = 50 and short extras (CI runs it so that the tool never
 //!   rots; its figures mean little).
@@ -122,7 +125,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // pgbench goes straight to the same database (behind PgBouncer too).
     let pgbench_url = postgres::direct_url(&service_url);
     let mut env: Vec<(&str, &str)> = env;
-    env.extend([("RUST_LOG", "info"), ("LOG_FORMAT", "json")]);
+    // The limiter runs as in production but never binds: one user at c = 10 on a cheap page
+    // asks for more than the default 5,000/s, and these rows measure the page, not the policy.
+    env.extend([
+        ("RUST_LOG", "info"),
+        ("LOG_FORMAT", "json"),
+        ("RATE_LIMIT_PER_SECOND", "1000000"),
+    ]);
     env.extend(options.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let log = scratch.path().join("bench-postgres.log");
     let server = ServerProcess::start_with(&binary, &service_url, log, &env).await?;
@@ -456,8 +465,8 @@ fn scratch_script() -> anyhow::Result<tempfile::NamedTempFile> {
     Ok(tempfile::Builder::new().suffix(".lua").tempfile()?)
 }
 
-/// `wrk` at c = 10 on one URL, each request with a token picked at random from `tokens` (so
-/// that the 20-task baseline, spread over 100 users, stays within each user's rate limit).
+/// `wrk` at c = 10 on one URL, each request with a token picked at random from `tokens` (the
+/// 20-task baseline spreads over 100 users, as the mix does).
 fn fixed(
     server: &ServerProcess,
     tokens: &[String],
@@ -478,6 +487,6 @@ fn fixed(
         ),
     )?;
     let run = wrk(server, script.path(), 10, duration.max(Duration::from_secs(1)))?;
-    anyhow::ensure!(run.errors == 0, "{} failed requests on {path} (rate limited?)", run.errors);
+    anyhow::ensure!(run.errors == 0, "{} failed requests on {path}", run.errors);
     Ok(run)
 }
