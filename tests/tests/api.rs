@@ -276,7 +276,8 @@ fn next_link(headers: &header::HeaderMap) -> Option<(String, String)> {
 
 /// Following `Link: rel="next"` from a first page of `limit` visits every matching task once,
 /// in the listing's order, for every filter, sort key and order; every page says the total;
-/// the last page has no link, even when it is full. Titles repeat, so ties cross pages.
+/// the last page has no link, even when it is full. Titles repeat, so ties cross pages. Pages
+/// by `offset` are the same slices.
 async fn keyset_pages_walk_every_task_once_in_every_order(backend: Backend) {
     let server = TestServer::start(backend).await;
     let client = server.client("walker");
@@ -320,6 +321,17 @@ async fn keyset_pages_walk_every_task_once_in_every_order(backend: Backend) {
                 }
                 assert_eq!(walked, expected, "{case}");
                 assert_eq!(pages, expected.len().div_ceil(3).max(1), "{case}");
+                // Offset pages (their skipped rows are walked apart from the page's own) are
+                // the same slices, in the same order.
+                for offset in 1..expected.len() as i64 {
+                    let page = client.list_tasks().status(status).sort(sort).order(order);
+                    let page = page.limit(three).offset(offset).send().await.unwrap();
+                    assert_eq!(total_count(page.headers()), expected.len() as i64, "{case}");
+                    let ids: Vec<i64> = page.into_inner().iter().map(|t| t.id).collect();
+                    let start = offset as usize;
+                    let slice = &expected[start..(start + 3).min(expected.len())];
+                    assert_eq!(ids, slice, "{case} offset {offset}");
+                }
             }
         }
     }

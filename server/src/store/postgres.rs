@@ -19,10 +19,10 @@ use sqlx::{
 };
 
 use super::{
-    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
-    Precondition, SortValue, StatusFilter, StoreResult, Task, TaskPatch, TaskStore, Written,
-    after_condition, count_select, list_select, list_total, order_by, split_page, status_condition,
-    wait_until_reachable, written,
+    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, OFFSET_PAGE_END,
+    OFFSET_PAGE_IDS, Page, PoolStatus, Precondition, SortValue, StatusFilter, StoreResult, Task,
+    TaskPatch, TaskStore, Written, after_condition, count_select, list_select, list_total,
+    order_by, split_page, status_condition, wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
@@ -152,6 +152,10 @@ impl TaskStore for PostgresStore {
             sql.push_bind(owner).push(LIST_COUNTED_FROM);
         }
         sql.push_bind(owner);
+        let skips_by_id = query.offset > 0;
+        if skips_by_id {
+            sql.push(OFFSET_PAGE_IDS).push_bind(owner);
+        }
         sql.push(status_condition(query.status));
         if let Some(after) = &query.after {
             sql.push(after_condition(query.sort, query.order));
@@ -167,6 +171,9 @@ impl TaskStore for PostgresStore {
         }
         if query.offset > 0 {
             sql.push(" OFFSET ").push_bind(query.offset);
+        }
+        if skips_by_id {
+            sql.push(OFFSET_PAGE_END).push(order_by(query.sort, query.order));
         }
         let rows: Vec<ListedRow> = self
             .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
