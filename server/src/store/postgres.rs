@@ -19,11 +19,22 @@ use sqlx::{
 };
 
 use super::{
-    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, OFFSET_PAGE_END,
-    OFFSET_PAGE_IDS, Page, PoolStatus, Precondition, SortValue, StatusFilter, StoreResult, Task,
-    TaskPatch, TaskStore, Written, after_condition, count_select, list_select, list_total,
-    order_by, split_page, status_condition, wait_until_reachable, written,
+    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
+    Precondition, SortValue, StatusFilter, StoreResult, Task, TaskPatch, TaskStore, Written,
+    after_condition, count_select, list_select, list_total, order_by, split_page, status_condition,
+    wait_until_reachable, written,
 };
+
+/// With an `offset`, the skipped rows are walked inside `ARRAY(…)`, which needs only their ids
+/// and sort keys (for the default order an index-only scan of `(user_id, created_at, id)` once
+/// autovacuum has marked the pages all-visible), and only the page's own rows are read whole:
+/// `offset=9950` of a 10,000-task list costs the database ~4× less. `ARRAY(…)` is an InitPlan,
+/// run exactly once whatever plan is chosen; `id IN (…)` left that to the planner, and once ran
+/// past the call's deadline. Opened after the outer owner's value, up to the owner's value
+/// again; status, cursor, order, limit and offset go inside, then [`OFFSET_PAGE_END`].
+const OFFSET_PAGE_IDS: &str = " AND id = ANY(ARRAY(SELECT id FROM tasks WHERE user_id = ";
+
+const OFFSET_PAGE_END: &str = "))";
 
 pub struct PostgresStore {
     pool: PgPool,

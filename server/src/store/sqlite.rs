@@ -13,10 +13,10 @@ use sqlx::{
 };
 
 use super::{
-    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, OFFSET_PAGE_END,
-    OFFSET_PAGE_IDS, Page, PoolStatus, Precondition, SortValue, StatusFilter, StoreError,
-    StoreResult, Task, TaskPatch, TaskStore, Written, after_condition, count_select, list_select,
-    list_total, order_by, split_page, status_condition, wait_until_reachable, written,
+    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
+    Precondition, SortValue, StatusFilter, StoreError, StoreResult, Task, TaskPatch, TaskStore,
+    Written, after_condition, count_select, list_select, list_total, order_by, split_page,
+    status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
@@ -126,10 +126,6 @@ impl TaskStore for SqliteStore {
             sql.push_bind(owner).push(LIST_COUNTED_FROM);
         }
         sql.push_bind(owner);
-        let skips_by_id = query.offset > 0;
-        if skips_by_id {
-            sql.push(OFFSET_PAGE_IDS).push_bind(owner);
-        }
         sql.push(status_condition(query.status));
         if let Some(after) = &query.after {
             sql.push(after_condition(query.sort, query.order));
@@ -140,13 +136,13 @@ impl TaskStore for SqliteStore {
             sql.push(", ").push_bind(after.id).push(")");
         }
         sql.push(order_by(query.sort, query.order));
+        // Unlike PostgreSQL's store, no subquery for the rows an offset skips: SQLite reads a
+        // row only when a column outside the index is needed, so skipped rows are never read
+        // (the subquery made `offset=9950` of 10,000 tasks 2× slower here).
         if query.is_paged() {
             // SQLite needs a LIMIT before an OFFSET; -1 means "no limit".
             sql.push(" LIMIT ").push_bind(query.fetch_limit().unwrap_or(-1));
             sql.push(" OFFSET ").push_bind(query.offset);
-        }
-        if skips_by_id {
-            sql.push(OFFSET_PAGE_END).push(order_by(query.sort, query.order));
         }
         let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         let first_total = rows.first().map(|row| row.total);
