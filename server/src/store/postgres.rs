@@ -25,17 +25,6 @@ use super::{
     wait_until_reachable, written,
 };
 
-/// With an `offset`, the skipped rows are walked inside `ARRAY(…)`, which needs only their ids
-/// and sort keys (for the default order an index-only scan of `(user_id, created_at, id)` once
-/// autovacuum has marked the pages all-visible), and only the page's own rows are read whole:
-/// `offset=9950` of a 10,000-task list costs the database ~4× less. `ARRAY(…)` is an InitPlan,
-/// run exactly once whatever plan is chosen; `id IN (…)` left that to the planner, and once ran
-/// past the call's deadline. Opened after the outer owner's value, up to the owner's value
-/// again; status, cursor, order, limit and offset go inside, then [`OFFSET_PAGE_END`].
-const OFFSET_PAGE_IDS: &str = " AND id = ANY(ARRAY(SELECT id FROM tasks WHERE user_id = ";
-
-const OFFSET_PAGE_END: &str = "))";
-
 pub struct PostgresStore {
     pool: PgPool,
     /// Named prepared statements may be used (`DATABASE_STATEMENT_CACHE` is not 0).
@@ -163,10 +152,6 @@ impl TaskStore for PostgresStore {
             sql.push_bind(owner).push(LIST_COUNTED_FROM);
         }
         sql.push_bind(owner);
-        let skips_by_id = query.offset > 0;
-        if skips_by_id {
-            sql.push(OFFSET_PAGE_IDS).push_bind(owner);
-        }
         sql.push(status_condition(query.status));
         if let Some(after) = &query.after {
             sql.push(after_condition(query.sort, query.order));
@@ -182,9 +167,6 @@ impl TaskStore for PostgresStore {
         }
         if query.offset > 0 {
             sql.push(" OFFSET ").push_bind(query.offset);
-        }
-        if skips_by_id {
-            sql.push(OFFSET_PAGE_END).push(order_by(query.sort, query.order));
         }
         let rows: Vec<ListedRow> = self
             .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)

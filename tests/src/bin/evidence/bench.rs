@@ -10,8 +10,7 @@
 //!   ratio of their throughputs (absolute figures swing on shared machines, pairs hold).
 //! - Also: the server's CPU per request (`/proc/PID/stat`), its peak RSS, the same workload on
 //!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, the keyset page
-//!   that starts where the last offset does, everything, and on PostgreSQL the deepest offset
-//!   again after a `VACUUM`).
+//!   that starts where the last offset does, and everything).
 //! - `--server-binary PATH`: that build instead of a fresh release build, to compare two builds
 //!   run after run.
 //! - `--pooler`: the service behind PgBouncer (transaction mode, `DATABASE_STATEMENT_CACHE=0`).
@@ -30,7 +29,6 @@ use integration_tests::{
     postgres::{self, fresh_database, fresh_pooled_database},
     token,
 };
-use sqlx::Connection as _;
 
 use crate::server_process::{self, ServerProcess};
 
@@ -180,9 +178,7 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
     }
 
     // The user with 10,000 tasks, against a user with 20.
-    let large = large_user(&server, duration / 2, Some(&pgbench_url))
-        .await
-        .context("the 10,000-task user")?;
+    let large = large_user(&server, duration / 2).await.context("the 10,000-task user")?;
     writeln!(report, "\n{large}")?;
     drop(server);
 
@@ -204,8 +200,7 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
             service.cpu_micros_per_request,
             server.peak_rss_kib()? as f64 / 1024.0
         )?;
-        let large =
-            large_user(&server, duration / 2, None).await.context("the 10,000-task user")?;
+        let large = large_user(&server, duration / 2).await.context("the 10,000-task user")?;
         writeln!(report, "\n{large}")?;
     }
     println!("\n{report}");
@@ -413,14 +408,8 @@ fn pgbench(
 }
 
 /// One user with 10,000 tasks: pages of 50 at several offsets and the whole list, each against
-/// a 20-task user's first page of 50. On PostgreSQL (`database_url`), the deepest offset once
-/// more after a `VACUUM`: the tasks were all inserted a moment ago, so until autovacuum gets
-/// to them (within a minute or so) no index-only scan can skip reading them.
-async fn large_user(
-    server: &ServerProcess,
-    duration: Duration,
-    database_url: Option<&str>,
-) -> anyhow::Result<String> {
+/// a 20-task user's first page of 50.
+async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Result<String> {
     let user = "large";
     let token = token(user);
     let client = client_sdk::authenticated(&server.base_url, &token)?;
@@ -460,19 +449,6 @@ async fn large_user(
     let after = link.to_str()?.split_once("after=").context("no after= in Link")?.1;
     let after = after.split_once('>').context("a Link ends with >")?.0;
     let keyset = format!("/api/tasks?limit=50&after={after}");
-    let mut measure = |path: &str, note: &str| -> anyhow::Result<()> {
-        let run = fixed(server, std::slice::from_ref(&token), path, duration, scratch_script()?)?;
-        writeln!(
-            report,
-            "| {LARGE_USER_TASKS} tasks | `{}`{note} | {:.0} | {:.2} | {:.2} | {:.1}× slower |",
-            path.trim_start_matches("/api/tasks").replace(after, "…"),
-            run.requests_per_second,
-            run.p50_ms,
-            run.p99_ms,
-            baseline.requests_per_second / run.requests_per_second
-        )?;
-        Ok(())
-    };
     for path in [
         "/api/tasks?limit=50",
         "/api/tasks?limit=50&offset=5000",
@@ -480,12 +456,16 @@ async fn large_user(
         keyset.as_str(),
         "/api/tasks",
     ] {
-        measure(path, "")?;
-    }
-    if let Some(database_url) = database_url {
-        let mut connection = sqlx::PgConnection::connect(database_url).await?;
-        sqlx::query("VACUUM tasks").execute(&mut connection).await?;
-        measure("/api/tasks?limit=50&offset=9950", ", after `VACUUM`")?;
+        let run = fixed(server, std::slice::from_ref(&token), path, duration, scratch_script()?)?;
+        writeln!(
+            report,
+            "| {LARGE_USER_TASKS} tasks | `{}` | {:.0} | {:.2} | {:.2} | {:.1}× slower |",
+            path.trim_start_matches("/api/tasks").replace(after, "…"),
+            run.requests_per_second,
+            run.p50_ms,
+            run.p99_ms,
+            baseline.requests_per_second / run.requests_per_second
+        )?;
     }
     Ok(report)
 }
