@@ -1,11 +1,11 @@
 //! Logging setup: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
 //!
-//! Lines are formatted on the thread that logs them but written by a background thread through
-//! a buffer that it flushes whenever it has nothing left to write: under load, many lines per
-//! `write(2)` instead of one each (a synchronous write per request cost ~6 % of the server's
-//! CPU, see `docs/benchmarks.md`), and never more than one line's delay when idle. If the
-//! writer falls more than [`BUFFERED_LINES`] lines behind, new lines are dropped rather than
-//! slowing requests down.
+//! Lines are formatted on the thread that logs them and written by a background thread through
+//! a 64 KiB buffer, flushed whenever the queue is empty: under load many lines per `write(2)`
+//! instead of one locked write per line on the request's worker (with uuid's `fast-rng`,
+//! 60 → 55 µs of server CPU per request, see `docs/benchmarks.md`), and an idle server's lines
+//! are not held back. If the writer falls more than [`BUFFERED_LINES`] lines behind, new lines
+//! are dropped rather than slowing requests down.
 
 use std::io::{BufWriter, Stderr};
 

@@ -70,6 +70,13 @@ impl From<store::Task> for TaskView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub DateTime<Utc>);
 
+impl Timestamp {
+    /// The one spelling, for the documented encoding and for serde's alike.
+    fn rfc3339(&self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+}
+
 impl Type for Timestamp {
     const IS_REQUIRED: bool = true;
     type RawValueType = DateTime<Utc>;
@@ -96,13 +103,13 @@ impl Type for Timestamp {
 
 impl ToJSON for Timestamp {
     fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.to_rfc3339_opts(SecondsFormat::Micros, true)))
+        Some(Value::String(self.rfc3339()))
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::Micros, true))
+        serializer.serialize_str(&self.rfc3339())
     }
 }
 

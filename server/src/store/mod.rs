@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
 
 use deadline::Deadline;
 use postgres::PostgresStore;
@@ -315,50 +316,53 @@ impl ListQuery {
     }
 }
 
-/// The start of a listing's statement, up to the owner's value. When paging, the total comes
-/// from `task_counts` (kept by triggers with every write, see the migration), bound to the
-/// owner first; otherwise the whole list's total is its length.
-fn list_select(query: &ListQuery) -> &'static str {
-    macro_rules! counted {
-        ($count:literal) => {
-            concat!(
-                "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-                 COALESCE((SELECT ",
-                $count,
-                " FROM task_counts WHERE user_id = "
-            )
-        };
+/// The start of a listing's statement, up to the owner's value. When paging, each row carries
+/// the owner's total from `task_counts`; otherwise the whole list's total is its length.
+fn list_start<DB: sqlx::Database>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql = QueryBuilder::new(
+        "SELECT id, user_id, title, description, completed, created_at, updated_at, ",
+    );
+    if query.is_paged() {
+        push_stored_count(&mut sql, owner, query.status);
+    } else {
+        sql.push("CAST(0 AS BIGINT)");
     }
-    match (query.is_paged(), query.status) {
-        (false, _) => {
-            "SELECT id, user_id, title, description, completed, created_at, updated_at, \
-             CAST(0 AS BIGINT) AS total FROM tasks WHERE user_id = "
-        }
-        (true, StatusFilter::All) => counted!("total"),
-        (true, StatusFilter::Pending) => counted!("total - completed"),
-        (true, StatusFilter::Completed) => counted!("completed"),
-    }
+    sql.push(" AS total FROM tasks WHERE user_id = ").push_bind(owner);
+    sql
 }
 
-/// Closes the count's subquery opened by [`list_select`] (after its owner was bound) and opens
-/// the listing's own `WHERE`, up to the owner's value again.
-const LIST_COUNTED_FROM: &str = "), 0) AS total FROM tasks WHERE user_id = ";
-
-/// The owner's number of tasks matching `status`, from `task_counts`, up to the owner's value;
-/// then [`COUNT_END`].
-fn count_select(status: StatusFilter) -> &'static str {
-    match status {
-        StatusFilter::All => "SELECT COALESCE((SELECT total FROM task_counts WHERE user_id = ",
-        StatusFilter::Pending => {
-            "SELECT COALESCE((SELECT total - completed FROM task_counts WHERE user_id = "
-        }
-        StatusFilter::Completed => {
-            "SELECT COALESCE((SELECT completed FROM task_counts WHERE user_id = "
-        }
-    }
+/// `SELECT` the owner's number of tasks matching `status`.
+fn count_statement<DB: sqlx::Database>(owner: &str, status: StatusFilter) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql = QueryBuilder::new("SELECT ");
+    push_stored_count(&mut sql, owner, status);
+    sql
 }
 
-const COUNT_END: &str = "), 0)";
+/// The owner's number of tasks matching `status`, from `task_counts` (kept by triggers with
+/// every write, see the migration); 0 for an owner with no row there yet.
+fn push_stored_count<DB: sqlx::Database>(
+    sql: &mut QueryBuilder<DB>,
+    owner: &str,
+    status: StatusFilter,
+) where
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let count = match status {
+        StatusFilter::All => "total",
+        StatusFilter::Pending => "total - completed",
+        StatusFilter::Completed => "completed",
+    };
+    sql.push("COALESCE((SELECT ").push(count).push(" FROM task_counts WHERE user_id = ");
+    sql.push_bind(owner).push("), 0)");
+}
 
 /// A listing's total, from the rows that came back (`total` is the count each row carries).
 /// A page past the end (by `offset` or `after`) returns no rows, and so no count either:

@@ -14,15 +14,14 @@ use std::{str::FromStr, time::Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sqlx::{
-    FromRow, PgConnection, PgPool, Postgres, QueryBuilder,
+    FromRow, PgConnection, PgPool, Postgres,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use super::{
-    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
-    Precondition, SortValue, StatusFilter, StoreResult, Task, TaskPatch, TaskStore, Written,
-    after_condition, count_select, list_select, list_total, order_by, split_page, status_condition,
-    wait_until_reachable, written,
+    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, SortValue, StatusFilter,
+    StoreResult, Task, TaskPatch, TaskStore, Written, after_condition, count_statement, list_start,
+    list_total, order_by, split_page, status_condition, wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
@@ -147,11 +146,7 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 #[async_trait]
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = QueryBuilder::<Postgres>::new(list_select(query));
-        if query.is_paged() {
-            sql.push_bind(owner).push(LIST_COUNTED_FROM);
-        }
-        sql.push_bind(owner);
+        let mut sql = list_start::<Postgres>(owner, query);
         sql.push(status_condition(query.status));
         if let Some(after) = &query.after {
             sql.push(after_condition(query.sort, query.order));
@@ -314,8 +309,7 @@ impl PostgresStore {
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = QueryBuilder::<Postgres>::new(count_select(status));
-        sql.push_bind(owner).push(COUNT_END);
+        let mut sql = count_statement::<Postgres>(owner, status);
         self.call(async |db| sql.build_query_scalar().persistent(self.prepared).fetch_one(db).await)
             .await
     }

@@ -8,15 +8,14 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool,
+    FromRow, Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
-    COUNT_END, ConnectOptions, LIST_COUNTED_FROM, ListQuery, NewTask, Page, PoolStatus,
-    Precondition, SortValue, StatusFilter, StoreError, StoreResult, Task, TaskPatch, TaskStore,
-    Written, after_condition, count_select, list_select, list_total, order_by, split_page,
-    status_condition, wait_until_reachable, written,
+    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, SortValue, StatusFilter,
+    StoreError, StoreResult, Task, TaskPatch, TaskStore, Written, after_condition, count_statement,
+    list_start, list_total, order_by, split_page, status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
@@ -112,8 +111,7 @@ impl SqliteStore {
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = QueryBuilder::<Sqlite>::new(count_select(status));
-        sql.push_bind(owner).push(COUNT_END);
+        let mut sql = count_statement::<Sqlite>(owner, status);
         Ok(sql.build_query_scalar().fetch_one(&self.pool).await?)
     }
 }
@@ -121,11 +119,7 @@ impl SqliteStore {
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = QueryBuilder::<Sqlite>::new(list_select(query));
-        if query.is_paged() {
-            sql.push_bind(owner).push(LIST_COUNTED_FROM);
-        }
-        sql.push_bind(owner);
+        let mut sql = list_start::<Sqlite>(owner, query);
         sql.push(status_condition(query.status));
         if let Some(after) = &query.after {
             sql.push(after_condition(query.sort, query.order));
