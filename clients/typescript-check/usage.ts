@@ -7,6 +7,7 @@ import createClient from "openapi-fetch";
 import type { components, paths } from "./generated/api";
 
 type Task = components["schemas"]["Task"];
+type Change = components["schemas"]["Change"];
 type Problem = components["schemas"]["Problem"];
 type Health = components["schemas"]["Health"];
 
@@ -16,7 +17,8 @@ type Equals<A, B> =
 const descriptionIsStringOrNull: Equals<Task["description"], string | null> = true;
 const problemTypeIsAboutBlank: Equals<Problem["type"], "about:blank"> = true;
 const healthStatuses: Equals<Health["status"], "healthy" | "degraded" | "unhealthy"> = true;
-export const facts = [descriptionIsStringOrNull, problemTypeIsAboutBlank, healthStatuses];
+const changeOps: Equals<Change["op"], "upsert" | "delete"> = true;
+export const facts = [descriptionIsStringOrNull, problemTypeIsAboutBlank, healthStatuses, changeOps];
 
 /** What a frontend shows for a failed call: the problem's detail, and each field's message. */
 function explain(problem: Problem): string {
@@ -59,8 +61,11 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
     console.log(next.data?.length);
   }
 
-  // Create; the new task's ETag and Location are headers.
+  // Create; the new task's ETag and Location are headers. The key makes a retry safe: sent
+  // again after a lost answer, it gets the same answer (`Idempotent-Replayed: true`).
+  const key = crypto.randomUUID();
   const created = await api.POST("/api/tasks", {
+    params: { header: { "Idempotency-Key": key } },
     body: { title: "Buy groceries", description: "Milk, eggs", completed: false },
   });
   if (created.error) {
@@ -91,10 +96,14 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   }
   const nextEtag = updated.response.headers.get("ETag") ?? "*";
 
-  // Toggle completion, guarded the same way.
+  // Toggle completion, guarded the same way; a retried toggle with its key flips once.
   const toggled = await api.PATCH("/api/tasks/{id}/complete", {
-    params: { path: { id: task.id }, header: { "If-Match": nextEtag } },
+    params: { path: { id: task.id }, header: { "If-Match": nextEtag, "Idempotency-Key": key + "-toggle" } },
   });
+  if (toggled.response.status === 409) {
+    // The first request with this key is still running: ask again after Retry-After.
+    console.log(toggled.response.headers.get("Retry-After"));
+  }
   const completed: boolean | undefined = toggled.data?.completed;
   console.log(completed);
 
@@ -103,6 +112,8 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   if (deleted.error) {
     console.log(explain(deleted.error));
   }
+
+  await syncOnce(api, new Map());
 
   // The same operations under the original frontend's paths.
   const path = { user_id: userId };
@@ -121,5 +132,37 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   if (mine.error) {
     // 403 exists on this style only: the path's user id is not the token's subject.
     console.log(mine.response.status === 403 ? "not your list" : explain(mine.error));
+  }
+}
+
+type Api = ReturnType<typeof createClient<paths>>;
+
+/** The sync loop of docs/contract.md: apply upserts and deletes, keep the cursor, start over on
+ * 410. Returns the cursor to resume from next time. */
+export async function syncOnce(api: Api, local: Map<number, Task>, since?: string): Promise<string> {
+  let cursor = since;
+  for (;;) {
+    const { data, error, response } = await api.GET("/api/tasks/changes", {
+      params: { query: cursor === undefined ? { limit: 500 } : { since: cursor, limit: 500 } },
+    });
+    if (response.status === 410) {
+      local.clear();
+      cursor = undefined; // too old: a full sync again
+      continue;
+    }
+    if (error) {
+      throw new Error(explain(error));
+    }
+    for (const change of data.changes) {
+      if (change.op === "upsert") {
+        local.set(change.task.id, change.task);
+      } else {
+        local.delete(change.id);
+      }
+    }
+    cursor = data.cursor;
+    if (!data.more) {
+      return cursor;
+    }
   }
 }

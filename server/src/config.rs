@@ -7,6 +7,7 @@ use crate::{
     auth::{ClaimRules, JwksSettings, JwksTiming, KeySources},
     connections::ConnectionLimits,
     rate_limit::RateLimitSettings,
+    store::Retention,
 };
 
 /// A value that must never reach a log: its `Debug` is redacted.
@@ -60,6 +61,8 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     /// `MAX_CONNECTIONS`, `REQUEST_READ_TIMEOUT_SECS`, `IDLE_TIMEOUT_SECS`.
     pub connections: ConnectionLimits,
+    /// `TOMBSTONE_RETENTION_SECS`, `IDEMPOTENCY_TTL_SECS`.
+    pub retention: Retention,
 }
 
 /// Where `GET /metrics` is served.
@@ -231,6 +234,17 @@ impl Config {
                 limits.idle_timeout.as_secs(),
             )),
         };
+        let retention = Retention::default();
+        let retention = Retention {
+            tombstones: std::time::Duration::from_secs(positive(
+                "TOMBSTONE_RETENTION_SECS",
+                retention.tombstones.as_secs(),
+            )),
+            idempotency_keys: std::time::Duration::from_secs(positive(
+                "IDEMPOTENCY_TTL_SECS",
+                retention.idempotency_keys.as_secs(),
+            )),
+        };
         if rate_limits
             .client_ip_header
             .as_deref()
@@ -256,6 +270,7 @@ impl Config {
             metrics,
             rate_limits,
             connections,
+            retention,
         })
     }
 

@@ -71,6 +71,12 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request conflicts with the state of things: `detail` says how; with `retry_after`,
+    /// waiting that many seconds may resolve it.
+    #[error("{detail}")]
+    Conflict { detail: &'static str, retry_after_secs: Option<u64> },
+    #[error("{0}")]
+    Gone(&'static str),
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("payload too large")]
@@ -89,6 +95,17 @@ pub enum ApiError {
 
 impl ApiError {
     pub const TASK_NOT_FOUND: ApiError = ApiError::NotFound("task not found");
+    /// A request with the same `Idempotency-Key` is running: its response will be replayed.
+    pub const IDEMPOTENCY_KEY_IN_FLIGHT: ApiError = ApiError::Conflict {
+        detail: "a request with this Idempotency-Key is still running: retry shortly to get its \
+                 response",
+        retry_after_secs: Some(1),
+    };
+    /// A change-log cursor that can no longer be served.
+    pub const CURSOR_GONE: ApiError = ApiError::Gone(
+        "this cursor is older than the deletions kept (or not of this database): start over \
+         without `since`",
+    );
 
     fn detail(&self) -> String {
         match self {
@@ -103,6 +120,7 @@ impl ApiError {
             ApiError::Forbidden => "the user in the path is not the authenticated user".into(),
             ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
+            ApiError::Conflict { detail, .. } | ApiError::Gone(detail) => (*detail).into(),
             ApiError::PreconditionFailed => {
                 "the task has changed: If-Match does not match its current ETag".into()
             }
@@ -148,6 +166,8 @@ impl ResponseError for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -191,7 +211,8 @@ impl ResponseError for ApiError {
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::Conflict { retry_after_secs: Some(retry_after_secs), .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
@@ -220,6 +241,7 @@ impl From<StoreError> for ApiError {
                 crate::metrics::unavailable("database");
                 ApiError::Unavailable
             }
+            StoreError::KeyTaken => ApiError::IDEMPOTENCY_KEY_IN_FLIGHT,
             StoreError::Internal(err) => {
                 tracing::error!(error = ?err, "store error");
                 ApiError::Internal
@@ -281,6 +303,18 @@ impl ApiError {
                 ApiError::TASK_NOT_FOUND,
                 "No such task for this user (another user's task is reported the same way).".into(),
             ),
+            409 => (
+                ApiError::IDEMPOTENCY_KEY_IN_FLIGHT,
+                "A request with the same `Idempotency-Key` is still running; `Retry-After` says \
+                 when to ask again (the first request's response comes back then)."
+                    .into(),
+            ),
+            410 => (
+                ApiError::CURSOR_GONE,
+                "`since` is older than the deletions the service keeps \
+                 (`TOMBSTONE_RETENTION_SECS`): sync again from the start, without it."
+                    .into(),
+            ),
             412 => (
                 ApiError::PreconditionFailed,
                 "`If-Match` does not match the task's current `ETag`; nothing changed.".into(),
@@ -319,7 +353,7 @@ impl ApiError {
         };
         let headers = match status {
             401 => vec![("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
-            429 | 503 => vec![("Retry-After", "Seconds to wait before retrying.")],
+            409 | 429 | 503 => vec![("Retry-After", "Seconds to wait before retrying.")],
             _ => vec![],
         };
         let example =

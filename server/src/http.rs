@@ -102,6 +102,40 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
     Ok(next.call(req).await?.into_response())
 }
 
+/// `Idempotency-Key`, the one request header the API reads that must not repeat.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Makes the request headers the API parses itself unambiguous before any handler sees them.
+/// poem-openapi silently skips a header value that is not visible ASCII, which would turn a
+/// keyed or conditional write into a plain one: such a value is a 400 here. Repeated
+/// `If-Match`/`If-None-Match` fields are one list (RFC 9110 §5.3) and are joined, since the
+/// handlers read only the first; a repeated `Idempotency-Key` is a 400. Only the task
+/// operations (`/api/…`) read these headers.
+pub async fn strict_headers<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    if !req.uri().path().starts_with("/api/") {
+        return Ok(next.call(req).await?.into_response());
+    }
+    let headers = req.headers_mut();
+    for name in [header::IF_MATCH, header::IF_NONE_MATCH, IDEMPOTENCY_KEY] {
+        let values: Vec<&HeaderValue> = headers.get_all(&name).iter().collect();
+        if values.iter().any(|value| value.to_str().is_err()) {
+            return Err(
+                ApiError::BadRequest(format!("the {name} header must be visible ASCII")).into()
+            );
+        }
+        if values.len() > 1 {
+            if name == IDEMPOTENCY_KEY {
+                return Err(ApiError::BadRequest(format!("send one {name} header")).into());
+            }
+            let joined = values.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+            let joined = HeaderValue::from_str(&joined.join(", "))
+                .map_err(|_| ApiError::BadRequest(format!("the {name} header is malformed")))?;
+            headers.insert(name, joined);
+        }
+    }
+    Ok(next.call(req).await?.into_response())
+}
+
 /// CORS for the frontend's origins; preflights need no token.
 pub fn cors(origins: &[String]) -> Cors {
     Cors::new()
@@ -112,6 +146,7 @@ pub fn cors(origins: &[String]) -> Cors {
             header::CONTENT_TYPE,
             header::IF_MATCH,
             header::IF_NONE_MATCH,
+            IDEMPOTENCY_KEY,
             REQUEST_ID,
         ])
         .expose_headers([
@@ -119,6 +154,7 @@ pub fn cors(origins: &[String]) -> Cors {
             header::LINK,
             header::LOCATION,
             header::ETAG,
+            crate::api::REPLAYED,
             REQUEST_ID,
         ])
         .allow_credentials(true)

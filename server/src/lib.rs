@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod store;
 pub mod telemetry;
+pub mod upkeep;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -48,9 +49,11 @@ impl AppState {
         let verifier = auth::verifier(config.key_sources())?;
         let options = ConnectOptions {
             statement_cache_capacity: config.statement_cache_capacity,
+            retention: config.retention,
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
+        upkeep::spawn(store.clone(), config.retention);
         let rate_limits = RateLimits::start(&config.rate_limits)?;
         Ok(Self { store, verifier, rate_limits })
     }
@@ -81,8 +84,8 @@ impl AppOptions {
 /// off), and the middleware stack.
 pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
     let api = api::service();
-    let docs = api::swagger_ui();
-    let spec = api::openapi_json();
+    let (spec, page) = api::documents();
+    let docs = api::swagger_ui(page);
     let spec =
         make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
     let mut routes =
@@ -93,6 +96,7 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
     let cors_origins = &options.cors_origins;
     routes
         .around(http::limit_body)
+        .around(http::strict_headers)
         .data(state)
         // Inside CORS, so that error responses carry CORS headers too.
         .catch_all_error(error::problem_response)

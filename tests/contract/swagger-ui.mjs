@@ -1,6 +1,7 @@
 // Swagger UI at /docs, used as a person would, in headless Chromium (Debian's, driven by
-// playwright-core): Authorize with a bearer token, then "Try it out" on create, list and
-// toggle; each must answer with its status and the task. The page must make no request to any
+// playwright-core): Authorize with a bearer token, then "Try it out" on create (twice, with an
+// Idempotency-Key: the second is a replay), list, toggle and the change feed; each must answer
+// with its status and the task. The page must make no request to any
 // host but the server's own (its assets are embedded). On failure a screenshot is saved.
 //
 //   node swagger-ui.mjs BASE_URL TOKEN SCREENSHOT_DIR
@@ -45,7 +46,15 @@ page.on("request", (request) => {
 async function tryItOut(operationId, tag, edit) {
   const operation = page.locator(`#operations-${tag}-${operationId}`);
   await operation.locator(".opblock-summary").first().click();
-  await operation.locator("button.try-out__btn").click();
+  // A second run finds the operation still in "try it out" mode, with the last response shown.
+  const tryOut = operation.locator("button.try-out__btn", { hasText: "Try it out" });
+  if ((await tryOut.count()) > 0) {
+    await tryOut.click();
+  }
+  const clear = operation.locator("button.btn-clear");
+  if ((await clear.count()) > 0) {
+    await clear.click();
+  }
   if (edit) {
     await edit(operation);
   }
@@ -77,13 +86,19 @@ try {
   await dialog.locator("button.btn-done").click();
 
   const title = `From Swagger UI ${Date.now()}`;
-  const created = await tryItOut("create_task", "Tasks", async (operation) => {
+  const key = `swagger-ui-${Date.now()}`;
+  const createWithKey = async (operation) => {
+    await operation.locator("tr[data-param-name='Idempotency-Key'] input").fill(key);
     const body = operation.locator("textarea.body-param__text");
     await body.fill(JSON.stringify({ title, description: null }));
-  });
+  };
+  const created = await tryItOut("create_task", "Tasks", createWithKey);
   expect(created.status === 201, `create answered ${created.status}: ${created.body}`);
   const task = JSON.parse(created.body);
   expect(task.title === title && task.description === null, `created ${created.body}`);
+  const retried = await tryItOut("create_task", "Tasks", createWithKey);
+  expect(retried.status === 201, `the retried create answered ${retried.status}: ${retried.body}`);
+  expect(JSON.parse(retried.body).id === task.id, `the retry made another task: ${retried.body}`);
 
   const listed = await tryItOut("list_tasks", "Tasks");
   expect(listed.status === 200, `list answered ${listed.status}: ${listed.body}`);
@@ -96,8 +111,17 @@ try {
   const after = JSON.parse(toggled.body);
   expect(after.id === task.id && after.completed === true, `toggled ${toggled.body}`);
 
+  const synced = await tryItOut("list_changes", "Tasks");
+  expect(synced.status === 200, `changes answered ${synced.status}: ${synced.body}`);
+  const feed = JSON.parse(synced.body);
+  const upserted = feed.changes.find((c) => c.op === "upsert" && c.task.id === task.id);
+  expect(upserted && upserted.task.completed === true && feed.cursor, `changes: ${synced.body}`);
+
   expect(elsewhere.length === 0, `requests to other hosts: ${elsewhere.join(", ")}`);
-  console.log(`Swagger UI: authorized; create 201, list 200, toggle 200 (task ${task.id}); no other host`);
+  console.log(
+    `Swagger UI: authorized; create 201 and its keyed retry (the same task ${task.id}), list 200, ` +
+      `toggle 200, changes 200 with the task; no other host`,
+  );
 } catch (error) {
   failed = true;
   mkdirSync(screenshots, { recursive: true });

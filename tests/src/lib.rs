@@ -17,7 +17,7 @@ use server::{
     auth::{ClaimRules, JwksSettings, KeySources},
     connections::ConnectionLimits,
     rate_limit::{RateLimitSettings, RateLimits},
-    store::ConnectOptions,
+    store::{ConnectOptions, Retention},
 };
 use tokio::sync::oneshot;
 
@@ -114,6 +114,9 @@ pub struct Options {
     pub jwks: Option<JwksSettings>,
     /// Leave out the shared secret (JWKS only).
     pub no_shared_secret: bool,
+    /// How long tombstones and idempotency keys are kept (production's defaults unless a test
+    /// says otherwise).
+    pub retention: Retention,
     /// How the store connects (set from the backend by [`TestServer::start_with`]).
     pub connect: ConnectOptions,
 }
@@ -126,7 +129,8 @@ impl TestServer {
 
     pub async fn start_with(backend: Backend, mut options: Options) -> Self {
         let database = Database::fresh(backend).await;
-        options.connect = backend.connect_options();
+        options.connect =
+            ConnectOptions { retention: options.retention, ..backend.connect_options() };
         let mut server = Self::start_on(&database.url, options).await;
         server._database = Some(database);
         server
@@ -143,6 +147,7 @@ impl TestServer {
                 .then(|| (SECRET.as_bytes().to_vec(), options.rules.clone())),
             jwks: options.jwks.clone(),
         };
+        server::upkeep::spawn(store.clone(), options.connect.retention);
         let verifier = server::auth::verifier(sources).expect("key sources");
         let violations = Violations::default();
         let seen = violations.clone();

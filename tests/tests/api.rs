@@ -1285,6 +1285,27 @@ async fn etags_change_on_every_modification_and_guard_writes(backend: Backend) {
         let delete = client.delete_task().id(id).if_match(stale.clone()).send().await;
         assert_eq!(problem(delete).status, 412);
     }
+    // A tag list split over two If-Match fields is one list; an If-Match that is not visible
+    // ASCII is a 400, never a write without its condition.
+    let split = server
+        .raw()
+        .request(Method::GET, &format!("/api/tasks/{id}"))
+        .bearer_auth(token("etag"))
+        .header(header::IF_NONE_MATCH, "\"1\"")
+        .header(header::IF_NONE_MATCH, tag1.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(split.status(), StatusCode::NOT_MODIFIED, "the second field's tag counts too");
+    let garbled = server
+        .raw()
+        .request(Method::PATCH, &format!("/api/tasks/{id}/complete"))
+        .bearer_auth(token("etag"))
+        .header(header::IF_MATCH, header::HeaderValue::from_bytes("\"ü\"".as_bytes()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(garbled, StatusCode::BAD_REQUEST).await;
     let unchanged = client.get_task().id(id).send().await.unwrap();
     assert_eq!(etag_of(unchanged.headers()), tag1);
     assert_eq!(unchanged.title, "v2");

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use integration_tests::{Backend, Database, on_every_database};
+use std::time::Duration;
+
 use server::store::{
-    self, ListQuery, NewTask, Precondition, SortKey, SortOrder, StatusFilter, TaskPatch, TaskStore,
-    Written,
+    self, Change, ChangeBatch, Claim, ConnectOptions, Feed, IdempotencyKey, ListQuery, NewTask,
+    Precondition, Retention, SortKey, SortOrder, StatusFilter, TaskPatch, TaskStore, Written,
 };
 
 const ANY: &Precondition = &Precondition(None);
@@ -20,12 +22,39 @@ on_every_database!(
     preconditions_are_checked_in_the_same_statement_as_the_write,
     paged_totals_follow_every_kind_of_write,
     upgrading_counts_the_tasks_already_there,
+    every_write_advances_the_owners_version_and_the_feed_follows_it,
+    purging_moves_the_watermark_past_the_deletions_it_drops,
+    a_keyed_write_is_kept_with_its_key_or_not_at_all,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
+    open_with(backend, Retention::default()).await
+}
+
+async fn open_with(backend: Backend, retention: Retention) -> (Arc<dyn TaskStore>, Database) {
     let database = Database::fresh(backend).await;
-    let store = store::connect(&database.url, &backend.connect_options()).await.unwrap();
+    let options = ConnectOptions { retention, ..backend.connect_options() };
+    let store = store::connect(&database.url, &options).await.unwrap();
     (store, database)
+}
+
+fn batch(feed: Feed) -> ChangeBatch {
+    match feed {
+        Feed::Changes(batch) => batch,
+        Feed::Gone => panic!("the cursor is gone"),
+    }
+}
+
+/// A feed's changes as (op, id, title) for comparing.
+fn ops(batch: &ChangeBatch) -> Vec<(&'static str, i64, String)> {
+    batch
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Upsert(task) => ("upsert", task.id, task.title.clone()),
+            Change::Delete { id } => ("delete", *id, String::new()),
+        })
+        .collect()
 }
 
 fn new_task(title: &str) -> NewTask {
@@ -294,7 +323,110 @@ async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
     assert_eq!(total("old", StatusFilter::Completed).await, 2);
     assert_eq!(total("old", StatusFilter::Pending).await, 1);
     assert_eq!(total("older", StatusFilter::All).await, 1);
+    // Existing tasks are in the change log, numbered in id order.
+    let full = batch(store.changes("old", None, 100).await.unwrap());
+    assert_eq!((full.changes.len(), full.cursor), (3, 3));
     // And the triggers take over from there.
-    store.create("old", &new_task("new")).await.unwrap();
+    let new = store.create("old", &new_task("new")).await.unwrap();
     assert_eq!(total("old", StatusFilter::Pending).await, 2);
+    let next = batch(store.changes("old", Some(full.cursor), 100).await.unwrap());
+    assert_eq!(ops(&next), [("upsert", new.id, "new".to_owned())]);
+}
+
+async fn every_write_advances_the_owners_version_and_the_feed_follows_it(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let a = store.create("u", &new_task("a")).await.unwrap(); // version 1
+    let b = store.create("u", &new_task("b")).await.unwrap(); // 2
+    store.create("other", &new_task("theirs")).await.unwrap();
+    let rename = TaskPatch { title: Some("a2".into()), ..TaskPatch::default() };
+    store.update("u", a.id, &rename, ANY).await.unwrap(); // 3
+    store.toggle_completed("u", b.id, ANY).await.unwrap(); // 4
+    store.delete("u", a.id, ANY).await.unwrap(); // 5
+    // A write that changes nothing (a missing task, a failed precondition) is no version.
+    store.toggle_completed("u", a.id, ANY).await.unwrap();
+    let stale = Precondition(Some(vec![b.updated_at]));
+    assert_eq!(
+        store.toggle_completed("u", b.id, &stale).await.unwrap(),
+        Written::PreconditionFailed
+    );
+
+    let full = batch(store.changes("u", None, 100).await.unwrap());
+    assert_eq!(ops(&full), [("upsert", b.id, "b".to_owned())]);
+    assert_eq!((full.cursor, full.more), (5, false));
+    let all = batch(store.changes("u", Some(0), 100).await.unwrap());
+    assert_eq!(ops(&all), [("upsert", b.id, "b".to_owned()), ("delete", a.id, String::new())]);
+    let Change::Upsert(latest) = &all.changes[0] else { unreachable!() };
+    assert!(latest.completed, "the latest state");
+    let since_rename = batch(store.changes("u", Some(3), 100).await.unwrap());
+    assert_eq!(since_rename.changes.len(), 2);
+    let paged = batch(store.changes("u", Some(0), 1).await.unwrap());
+    assert_eq!((paged.changes.len(), paged.cursor, paged.more), (1, 4, true));
+    let rest = batch(store.changes("u", Some(paged.cursor), 1).await.unwrap());
+    assert_eq!(
+        (ops(&rest), rest.cursor, rest.more),
+        (vec![("delete", a.id, String::new())], 5, false)
+    );
+    assert_eq!(batch(store.changes("u", Some(5), 100).await.unwrap()).changes, []);
+    assert_eq!(store.changes("u", Some(6), 100).await.unwrap(), Feed::Gone, "ahead of the owner");
+    // Another owner's log is their own, and a stranger has an empty one.
+    let theirs = batch(store.changes("other", Some(0), 100).await.unwrap());
+    assert_eq!((theirs.changes.len(), theirs.cursor), (1, 1));
+    let nobody = batch(store.changes("nobody", None, 100).await.unwrap());
+    assert_eq!((nobody.changes.len(), nobody.cursor), (0, 0));
+    assert_eq!(store.changes("nobody", Some(1), 100).await.unwrap(), Feed::Gone);
+}
+
+async fn purging_moves_the_watermark_past_the_deletions_it_drops(backend: Backend) {
+    let retention = Retention { tombstones: Duration::ZERO, idempotency_keys: Duration::ZERO };
+    let (store, _db) = open_with(backend, retention).await;
+    let kept = store.create("u", &new_task("kept")).await.unwrap(); // version 1
+    for title in ["x", "y"] {
+        let task = store.create("u", &new_task(title)).await.unwrap();
+        store.delete("u", task.id, ANY).await.unwrap();
+    } // versions 2..5; tombstones at 3 and 5
+    let before = store.changes("u", Some(1), 100).await.unwrap();
+    assert_eq!(batch(before).changes.len(), 2, "two tombstones");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let purged = store.purge().await.unwrap();
+    assert_eq!(purged.tombstones, 2);
+    assert_eq!(store.purge().await.unwrap().tombstones, 0, "nothing left to purge");
+    // A cursor from before a purged deletion must start over; one after it is still good.
+    assert_eq!(store.changes("u", Some(1), 100).await.unwrap(), Feed::Gone);
+    assert_eq!(store.changes("u", Some(4), 100).await.unwrap(), Feed::Gone);
+    assert_eq!(batch(store.changes("u", Some(5), 100).await.unwrap()).changes, []);
+    let full = batch(store.changes("u", None, 100).await.unwrap());
+    assert_eq!(ops(&full), [("upsert", kept.id, "kept".to_owned())]);
+    // The next write is seen from the latest cursor, and counts are untouched by purging.
+    store.toggle_completed("u", kept.id, ANY).await.unwrap();
+    assert_eq!(batch(store.changes("u", Some(5), 100).await.unwrap()).changes.len(), 1);
+    let counted = store.list("u", &ListQuery { limit: Some(1), ..ListQuery::default() }).await;
+    assert_eq!(counted.unwrap().total, 1);
+}
+
+async fn a_keyed_write_is_kept_with_its_key_or_not_at_all(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let key = IdempotencyKey { key: "k1".into(), fingerprint: vec![1; 32] };
+    // Dropped without a commit: neither the task nor the key remains.
+    let Claim::First(mut writes) = store.claim("u", &key).await.unwrap() else { panic!() };
+    writes.create(&new_task("rolled back")).await.unwrap();
+    drop(writes);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.list("u", &ListQuery::default()).await.unwrap().tasks, []);
+    // Committed: both, together.
+    let Claim::First(mut writes) = store.claim("u", &key).await.unwrap() else { panic!() };
+    let task = writes.create(&new_task("kept")).await.unwrap();
+    if backend != Backend::Sqlite {
+        // While it runs, the key is taken (SQLite has one writer: a second claim waits).
+        assert!(matches!(store.claim("u", &key).await.unwrap(), Claim::InFlight));
+    }
+    writes.commit(Some(b"the response")).await.unwrap();
+    assert!(
+        matches!(store.claim("u", &key).await.unwrap(), Claim::Replay(r) if r == b"the response")
+    );
+    let other_request = IdempotencyKey { fingerprint: vec![2; 32], ..key.clone() };
+    assert!(matches!(store.claim("u", &other_request).await.unwrap(), Claim::Mismatch));
+    // Keys are per owner.
+    let Claim::First(writes) = store.claim("someone else", &key).await.unwrap() else { panic!() };
+    drop(writes);
+    assert_eq!(store.get("u", task.id).await.unwrap().map(|t| t.title), Some("kept".into()));
 }

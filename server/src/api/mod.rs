@@ -1,9 +1,11 @@
 //! The HTTP API: operations, their types, and the OpenAPI document built from them.
 //! `service()` needs no database and no server, so the xtask and `main` share it.
 
+mod changes;
 mod conditional;
 mod cursor;
 mod health;
+mod idempotency;
 mod payload;
 mod security;
 mod spec;
@@ -11,7 +13,10 @@ mod tasks;
 mod types;
 mod validation;
 
-use poem::{Endpoint, Route, endpoint::make_sync, web::Html};
+use bytes::Bytes;
+use poem::{Endpoint, Response, Route, endpoint::make_sync};
+
+pub use idempotency::REPLAYED;
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 #[derive(Tags)]
@@ -31,7 +36,11 @@ pub type Api = (tasks::TasksApi, tasks::UserTasksApi, health::HealthApi);
 const DESCRIPTION: &str = "Create, list, read, update, complete and delete your own tasks. \
 Every `/api` operation needs `Authorization: Bearer <JWT>` (a Better Auth token); nobody ever \
 sees or touches another user's task: another user's task answers 404, exactly like a missing \
-one. Errors are RFC 9457 problem details (`application/problem+json`).";
+one. Errors are RFC 9457 problem details (`application/problem+json`).\n\n\
+**Safe retries.** Creates, updates, toggles and deletes take an `Idempotency-Key` header: a \
+retry with the same key and request gets the first response again instead of running twice.\n\n\
+**Sync.** `GET /api/tasks/changes` hands out every change (including deletions) after a \
+cursor, so a second device or an offline copy stays exact without downloading the list again.";
 
 /// The API definition, the single source of `openapi.json`.
 pub fn service() -> OpenApiService<Api, ()> {
@@ -54,14 +63,27 @@ pub fn openapi_json() -> String {
     spec
 }
 
-/// Swagger UI (its assets embedded, no CDN) over the published document.
-pub fn swagger_ui() -> impl Endpoint + 'static {
-    let service = service();
-    // poem-openapi inlines its own document into the page; swap in the published one.
-    let (page, generated) = (service.swagger_ui_html(), service.spec());
-    assert!(page.contains(&generated), "Swagger UI's page no longer inlines the document");
-    let html = page.replacen(&generated, &openapi_json(), 1);
-    Route::new().at("/", make_sync(move |_| Html(html.clone())))
+/// The published document, and Swagger UI's page (its ~3 MB of assets embedded, no CDN) over
+/// it; built once, served as shared bytes (a request clones a pointer, not the page).
+pub fn documents() -> (Bytes, Bytes) {
+    let spec = openapi_json();
+    // poem-openapi's page inlines the document of its service: take the page of an empty one
+    // (so its copies of the page do not carry ours) and put the published document in its place.
+    let empty = OpenApiService::new((), "", "");
+    let (page, placeholder) = (empty.swagger_ui_html(), empty.spec());
+    let (head, tail) =
+        page.split_once(&placeholder).expect("Swagger UI's page no longer inlines the document");
+    let mut html = String::with_capacity(head.len() + spec.len() + tail.len());
+    html.extend([head, spec.as_str(), tail]);
+    (Bytes::from(spec), Bytes::from(html))
+}
+
+/// Swagger UI at `/`, from [`documents`]' page.
+pub fn swagger_ui(page: Bytes) -> impl Endpoint + 'static {
+    let page = make_sync(move |_| {
+        Response::builder().content_type("text/html; charset=utf-8").body(page.clone())
+    });
+    Route::new().at("/", page)
 }
 
 #[cfg(test)]
@@ -93,6 +115,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "duplicate operationId");
-        assert_eq!(count, 15);
+        assert_eq!(count, 17);
     }
 }

@@ -11,7 +11,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::tasks::ERROR_STATUSES;
+use super::{
+    idempotency::MAX_KEY_CHARS,
+    tasks::{ERROR_STATUSES, KEYED_OPERATIONS},
+};
 use crate::{
     error::{ApiError, PROBLEM_CONTENT_TYPE},
     limits::{DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS},
@@ -21,6 +24,16 @@ use crate::{
 /// types are not).
 const HEADER_NAMES: [&str; 6] =
     ["ETag", "Link", "Location", "Retry-After", "WWW-Authenticate", "X-Total-Count"];
+
+/// How the document describes the `Idempotency-Key` request header.
+const IDEMPOTENCY_KEY: &str = "Makes retrying this request safe. The first request with a key \
+runs; its outcome (2xx, 404, 412 or 422) is kept with the key for `IDEMPOTENCY_TTL_SECS` (a \
+day by default). The same key with the same request (the same operation on the same task, \
+the body compared as JSON with object keys in any order; either path style) runs nothing and \
+gets the kept response again, with `Idempotent-Replayed: true`. The same key with a different \
+request is a 422; while the first request still runs, a 409 with `Retry-After`. Keys belong to \
+the caller: another user's identical key is another key. A structured-field string \
+(`\"…\"`) or bare.";
 
 /// poem-openapi's key for `Json<T>` bodies.
 const JSON_WITH_CHARSET: &str = "application/json; charset=utf-8";
@@ -40,6 +53,16 @@ pub fn publish(generated: &str) -> Value {
         }
     });
     task_schemas(&mut doc["components"]["schemas"]);
+    // One schema for every operation's key, so that generated clients have one key type.
+    doc["components"]["schemas"]["IdempotencyKey"] = json!({
+        "type": "string",
+        "description": "An `Idempotency-Key`: 1 to 255 characters of `A-Z a-z 0-9 - _ . : ~`, \
+                        bare or in double quotes.",
+        "maxLength": MAX_KEY_CHARS + 2,
+        "pattern": format!("^\"?[A-Za-z0-9._:~-]{{1,{MAX_KEY_CHARS}}}\"?$"),
+        "example": "8e03978e-40d5-43e8-bc93-6894a57f9324",
+    });
+    flatten_tagged_unions(&mut doc["components"]["schemas"]);
     let paths = doc["paths"].as_object_mut().expect("paths");
     for health in ["/health", "/health/live", "/health/ready"] {
         paths[health]["get"]["security"] = json!([]);
@@ -115,6 +138,72 @@ fn task_operation(path: &str, operation: &mut Value) {
     if style_free == "create_task" {
         responses["201"]["links"] = create_links(path.contains("{user_id}"));
     }
+    if KEYED_OPERATIONS.contains(&style_free.as_str()) {
+        keyed_operation(operation);
+    }
+}
+
+/// The `Idempotency-Key` header as it is parsed, and the replay marker on every response that
+/// may be a kept one.
+fn keyed_operation(operation: &mut Value) {
+    let parameters = operation["parameters"].as_array_mut().expect("parameters");
+    let key = parameters
+        .iter_mut()
+        .find(|parameter| parameter["name"] == "Idempotency-Key")
+        .expect("a keyed operation takes Idempotency-Key");
+    key["description"] = json!(IDEMPOTENCY_KEY);
+    key["schema"] = json!({"$ref": "#/components/schemas/IdempotencyKey"});
+    let replayed = json!({
+        "description": "`true` when this is the kept response of an earlier request with the \
+                        same `Idempotency-Key`.",
+        "required": false,
+        "schema": {"type": "string", "enum": ["true"]},
+    });
+    for (status, response) in operation["responses"].as_object_mut().expect("responses") {
+        if status.starts_with('2') || ["404", "412", "422"].contains(&status.as_str()) {
+            let headers = response.as_object_mut().expect("a response").entry("headers");
+            headers.or_insert_with(|| json!({}))["Idempotent-Replayed"] = replayed.clone();
+        }
+    }
+}
+
+/// poem-openapi writes a union with a discriminator as `anyOf` over `Union_Variant` schemas,
+/// each an `allOf` of the tag and the variant. Generated clients read a `oneOf` over inline
+/// objects that carry the tag best (progenitor's typify makes a Rust enum tagged by it,
+/// openapi-typescript a discriminated union), and so does a validator that refuses
+/// undocumented properties: each variant goes inline, with the tag as its first property.
+fn flatten_tagged_unions(schemas: &mut Value) {
+    let schemas = schemas.as_object_mut().expect("schemas");
+    let unions: Vec<String> = schemas
+        .iter()
+        .filter(|(_, schema)| schema.get("discriminator").is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for union in unions {
+        let tag = schemas[&union]["discriminator"]["propertyName"].as_str().unwrap().to_owned();
+        let mapping = schemas[&union]["discriminator"]["mapping"].as_object().unwrap().clone();
+        let mut variants = Vec::new();
+        for (value, wrapper) in mapping {
+            let wrapper = wrapper.as_str().unwrap().trim_start_matches("#/components/schemas/");
+            let wrapper = schemas.remove(wrapper).expect("the union's variant wrapper");
+            let parts = wrapper["allOf"].as_array().expect("a tag and a variant");
+            let variant = parts[1]["$ref"].as_str().expect("the variant");
+            let name = variant.trim_start_matches("#/components/schemas/");
+            let mut schema = schemas.remove(name).expect("the variant's schema");
+            let mut properties = Map::new();
+            properties.insert(tag.clone(), json!({"type": "string", "enum": [value]}));
+            properties.extend(schema["properties"].as_object().unwrap().clone());
+            schema["properties"] = Value::Object(properties);
+            schema["required"].as_array_mut().unwrap().insert(0, json!(tag));
+            variants.push(schema);
+        }
+        let object = schemas[&union].as_object_mut().unwrap();
+        object.remove("anyOf");
+        object.remove("type");
+        object.insert("oneOf".into(), Value::Array(variants));
+        object.insert("discriminator".into(), json!({"propertyName": tag}));
+    }
+    schemas.sort_keys();
 }
 
 /// What a client (or schemathesis' stateful phase) can do next with a created task.
@@ -203,7 +292,11 @@ mod tests {
         );
         assert_eq!(
             statuses("/api/{user_id}/tasks/{id}", "delete"),
-            ["204", "400", "401", "403", "404", "412", "429", "500", "503"]
+            ["204", "400", "401", "403", "404", "409", "412", "422", "429", "500", "503"]
+        );
+        assert_eq!(
+            statuses("/api/tasks/changes", "get"),
+            ["200", "400", "401", "410", "422", "429", "500", "503"]
         );
         assert_eq!(statuses("/health", "get"), ["200", "503"]);
         let problem = &doc["paths"]["/api/tasks/{id}"]["put"]["responses"]["422"];

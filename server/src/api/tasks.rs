@@ -15,8 +15,10 @@ use poem_openapi::{
 
 use super::{
     ApiTags,
+    changes::{self, ChangesLimit, ChangesResponse},
     conditional::{etag, none_match, precondition, written},
     cursor,
+    idempotency::{self, Begun, Keyed, Operation},
     payload::JsonBody,
     security::{BearerAuth, Caller, UserPathBearerAuth},
     types::{
@@ -29,24 +31,28 @@ use super::{
 use crate::{
     AppState,
     error::{ApiError, FieldError},
-    store::{ListQuery, Task},
+    store::{ListQuery, Task, Writes},
 };
+use serde_json::Value;
 
 type CreateBody = Json<JsonObject<TaskCreateSchema>>;
 type UpdateBody = Json<JsonObject<TaskUpdateSchema>>;
 
-/// Declares the six task operations for one path style: `$api` is the type, then its three
-/// paths (collection, item, completion toggle), tag, security extractor and operationIds;
+/// Declares the seven task operations for one path style: `$api` is the type, then its four
+/// paths (collection, item, completion toggle, change feed), tag, security extractor and
+/// operationIds;
 /// `path_user` marks the style whose paths hold `:user_id`. (Not `prefix_path`: poem-openapi would document the prefix
 /// as `/api/:user_id` instead of `/api/{user_id}`.)
 /// (Literals are taken as `tt` so that poem-openapi's attribute parser sees plain literals.)
 macro_rules! task_operations {
     (
         $api:ident,
-        paths: [$collection:tt, $item:tt, $complete:tt],
+        paths: [$collection:tt, $item:tt, $complete:tt, $changes:tt],
         tag: $tag:tt,
         auth: $auth:ident,
-        operation_ids: [$list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt]
+        operation_ids: [
+            $list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt, $feed:tt
+        ]
         $(, path_user: $user_id:ident)? $(,)?
     ) => {
         pub struct $api;
@@ -118,10 +124,13 @@ macro_rules! task_operations {
                 )?
                 state: Data<&AppState>,
                 req: &Request,
+                /// Makes retrying this request safe.
+                #[oai(name = "Idempotency-Key")]
+                idempotency_key: Header<Option<String>>,
                 body: CreateBody,
-            ) -> Result<TaskCreatedResponse, ApiError> {
+            ) -> Result<Keyed<TaskCreatedResponse>, ApiError> {
                 $( let _ = $user_id; )?
-                create(&state, &auth.0, req, &body).await
+                create(&state, &auth.0, req, idempotency_key.as_deref(), &body).await
             }
 
             /// Get a task
@@ -151,6 +160,7 @@ macro_rules! task_operations {
             /// `description`, `completed`); `description: null` or `""` clears it;
             /// `updated_at` moves forward.
             #[oai(path = $item, method = "put", operation_id = $update)]
+            #[allow(clippy::too_many_arguments)]
             async fn update(
                 &self,
                 auth: $auth,
@@ -163,10 +173,14 @@ macro_rules! task_operations {
                 /// Update only if the task's `ETag` is one of these (`*`: any); else 412.
                 #[oai(name = "If-Match")]
                 if_match: Header<Option<String>>,
+                /// Makes retrying this request safe.
+                #[oai(name = "Idempotency-Key")]
+                idempotency_key: Header<Option<String>>,
                 body: UpdateBody,
-            ) -> Result<TaskResponse, ApiError> {
+            ) -> Result<Keyed<TaskResponse>, ApiError> {
                 $( let _ = $user_id; )?
-                update(&state, &auth.0, id.0, if_match.as_deref(), &body).await
+                let conditions = Conditions { if_match: if_match.as_deref(), idempotency_key: idempotency_key.as_deref() };
+                update(&state, &auth.0, id.0, conditions, &body).await
             }
 
             /// Toggle a task's completion
@@ -186,9 +200,13 @@ macro_rules! task_operations {
                 /// Toggle only if the task's `ETag` is one of these (`*`: any); else 412.
                 #[oai(name = "If-Match")]
                 if_match: Header<Option<String>>,
-            ) -> Result<TaskResponse, ApiError> {
+                /// Makes retrying this request safe.
+                #[oai(name = "Idempotency-Key")]
+                idempotency_key: Header<Option<String>>,
+            ) -> Result<Keyed<TaskResponse>, ApiError> {
                 $( let _ = $user_id; )?
-                toggle(&state, &auth.0, id.0, if_match.as_deref()).await
+                let conditions = Conditions { if_match: if_match.as_deref(), idempotency_key: idempotency_key.as_deref() };
+                toggle(&state, &auth.0, id.0, conditions).await
             }
 
             /// Delete a task
@@ -207,9 +225,39 @@ macro_rules! task_operations {
                 /// Delete only if the task's `ETag` is one of these (`*`: any); else 412.
                 #[oai(name = "If-Match")]
                 if_match: Header<Option<String>>,
-            ) -> Result<DeletedResponse, ApiError> {
+                /// Makes retrying this request safe.
+                #[oai(name = "Idempotency-Key")]
+                idempotency_key: Header<Option<String>>,
+            ) -> Result<Keyed<DeletedResponse>, ApiError> {
                 $( let _ = $user_id; )?
-                delete(&state, &auth.0, id.0, if_match.as_deref()).await
+                let conditions = Conditions { if_match: if_match.as_deref(), idempotency_key: idempotency_key.as_deref() };
+                delete(&state, &auth.0, id.0, conditions).await
+            }
+
+            /// Sync: what changed since a cursor
+            ///
+            /// The caller's changes after `since`, in the order they were committed: `upsert`
+            /// (a task created or modified, in its state now) and `delete` (its id). Without
+            /// `since`, every task as an upsert (a full sync). Apply them to a local copy and
+            /// keep `cursor` for next time; while `more` is true, ask again at once. A cursor
+            /// older than the deletions the service keeps is a 410: sync again without it.
+            #[oai(path = $changes, method = "get", operation_id = $feed)]
+            async fn changes(
+                &self,
+                auth: $auth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                state: Data<&AppState>,
+                /// The `cursor` of an earlier answer; without it, a full sync.
+                since: Query<Option<String>>,
+                /// At most this many changes in one answer.
+                #[oai(default = "changes::default_limit")]
+                limit: Query<ChangesLimit>,
+            ) -> Result<ChangesResponse, ApiError> {
+                $( let _ = $user_id; )?
+                changes::read(&state, &auth.0, since.as_deref(), limit.0).await
             }
         }
     };
@@ -217,10 +265,18 @@ macro_rules! task_operations {
 
 task_operations!(
     TasksApi,
-    paths: ["/api/tasks", "/api/tasks/:id", "/api/tasks/:id/complete"],
+    paths: ["/api/tasks", "/api/tasks/:id", "/api/tasks/:id/complete", "/api/tasks/changes"],
     tag: "ApiTags::Tasks",
     auth: BearerAuth,
-    operation_ids: ["list_tasks", "create_task", "get_task", "update_task", "toggle_task", "delete_task"],
+    operation_ids: [
+        "list_tasks",
+        "create_task",
+        "get_task",
+        "update_task",
+        "toggle_task",
+        "delete_task",
+        "list_changes"
+    ],
 );
 
 task_operations!(
@@ -228,7 +284,8 @@ task_operations!(
     paths: [
         "/api/:user_id/tasks",
         "/api/:user_id/tasks/:id",
-        "/api/:user_id/tasks/:id/complete"
+        "/api/:user_id/tasks/:id/complete",
+        "/api/:user_id/tasks/changes"
     ],
     tag: "ApiTags::UserTasks",
     auth: UserPathBearerAuth,
@@ -238,7 +295,8 @@ task_operations!(
         "get_user_task",
         "update_user_task",
         "toggle_user_task",
-        "delete_user_task"
+        "delete_user_task",
+        "list_user_changes"
     ],
     path_user: user_id,
 );
@@ -246,14 +304,26 @@ task_operations!(
 /// The error statuses each task operation can answer, by its `/api/tasks…` operationId (the
 /// `/api/{user_id}/tasks…` twin adds 403). `api::spec` documents exactly these, and the test
 /// harness fails any response whose status the document does not list.
-pub(super) const ERROR_STATUSES: [(&str, &[u16]); 6] = [
+pub(super) const ERROR_STATUSES: [(&str, &[u16]); 7] = [
     ("list_tasks", &[400, 401, 422, 429, 500, 503]),
-    ("create_task", &[400, 401, 413, 415, 422, 429, 500, 503]),
+    ("create_task", &[400, 401, 409, 413, 415, 422, 429, 500, 503]),
     ("get_task", &[400, 401, 404, 429, 500, 503]),
-    ("update_task", &[400, 401, 404, 412, 413, 415, 422, 429, 500, 503]),
-    ("toggle_task", &[400, 401, 404, 412, 429, 500, 503]),
-    ("delete_task", &[400, 401, 404, 412, 429, 500, 503]),
+    ("update_task", &[400, 401, 404, 409, 412, 413, 415, 422, 429, 500, 503]),
+    ("toggle_task", &[400, 401, 404, 409, 412, 422, 429, 500, 503]),
+    ("delete_task", &[400, 401, 404, 409, 412, 422, 429, 500, 503]),
+    ("list_changes", &[400, 401, 410, 422, 429, 500, 503]),
 ];
+
+/// The operations that take an `Idempotency-Key`, by their `/api/tasks…` operationId.
+pub(super) const KEYED_OPERATIONS: [&str; 4] =
+    ["create_task", "update_task", "toggle_task", "delete_task"];
+
+/// The request headers that make a write conditional or keyed.
+#[derive(Debug, Clone, Copy)]
+struct Conditions<'a> {
+    if_match: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+}
 
 fn list_query(
     status: StatusParam,
@@ -289,14 +359,32 @@ async fn list(
     Ok(TaskListResponse::Ok(JsonBody(tasks), page.total, next))
 }
 
+/// Each write: its key looked at, its writes run, its outcome kept ([`idempotency`]).
 async fn create(
     state: &AppState,
     caller: &Caller,
     req: &Request,
+    idempotency_key: Option<&str>,
     body: &CreateBody,
+) -> Result<Keyed<TaskCreatedResponse>, ApiError> {
+    let body = &body.0.value;
+    let operation = Operation::Create;
+    let mut session =
+        match idempotency::begin(state, caller, idempotency_key, operation, Some(body)).await? {
+            Begun::Run(session) => session,
+            Begun::Replay(kept) => return Ok(kept.into()),
+        };
+    let outcome = create_task(session.writes(), req, body).await;
+    session.finish(outcome).await
+}
+
+async fn create_task(
+    writes: &mut dyn Writes,
+    req: &Request,
+    body: &Value,
 ) -> Result<TaskCreatedResponse, ApiError> {
-    let new_task = validation::new_task(&body.0.value)?;
-    let task = state.store.create(&caller.user_id, &new_task).await?;
+    let new_task = validation::new_task(body)?;
+    let task = writes.create(&new_task).await?;
     // The new task's URL in the style of the collection it was posted to.
     let location = format!("{}/{}", req.uri().path().trim_end_matches('/'), task.id);
     let etag = etag(&task);
@@ -321,11 +409,28 @@ async fn update(
     state: &AppState,
     caller: &Caller,
     id: i64,
-    if_match: Option<&str>,
+    conditions: Conditions<'_>,
     body: &UpdateBody,
+) -> Result<Keyed<TaskResponse>, ApiError> {
+    let body = &body.0.value;
+    let key = conditions.idempotency_key;
+    let mut session =
+        match idempotency::begin(state, caller, key, Operation::Update(id), Some(body)).await? {
+            Begun::Run(session) => session,
+            Begun::Replay(kept) => return Ok(kept.into()),
+        };
+    let outcome = update_task(session.writes(), id, conditions.if_match, body).await;
+    session.finish(outcome).await
+}
+
+async fn update_task(
+    writes: &mut dyn Writes,
+    id: i64,
+    if_match: Option<&str>,
+    body: &Value,
 ) -> Result<TaskResponse, ApiError> {
-    let patch = validation::task_patch(&body.0.value)?;
-    let outcome = state.store.update(&caller.user_id, id, &patch, &precondition(if_match)).await?;
+    let patch = validation::task_patch(body)?;
+    let outcome = writes.update(id, &patch, &precondition(if_match)).await?;
     Ok(task_response(written(outcome)?))
 }
 
@@ -333,21 +438,34 @@ async fn toggle(
     state: &AppState,
     caller: &Caller,
     id: i64,
-    if_match: Option<&str>,
-) -> Result<TaskResponse, ApiError> {
-    let outcome =
-        state.store.toggle_completed(&caller.user_id, id, &precondition(if_match)).await?;
-    Ok(task_response(written(outcome)?))
+    conditions: Conditions<'_>,
+) -> Result<Keyed<TaskResponse>, ApiError> {
+    let key = conditions.idempotency_key;
+    let mut session =
+        match idempotency::begin(state, caller, key, Operation::Toggle(id), None).await? {
+            Begun::Run(session) => session,
+            Begun::Replay(kept) => return Ok(kept.into()),
+        };
+    let outcome = session.writes().toggle_completed(id, &precondition(conditions.if_match)).await;
+    let outcome = outcome.map_err(ApiError::from).and_then(written).map(task_response);
+    session.finish(outcome).await
 }
 
 async fn delete(
     state: &AppState,
     caller: &Caller,
     id: i64,
-    if_match: Option<&str>,
-) -> Result<DeletedResponse, ApiError> {
-    written(state.store.delete(&caller.user_id, id, &precondition(if_match)).await?)?;
-    Ok(DeletedResponse::NoContent)
+    conditions: Conditions<'_>,
+) -> Result<Keyed<DeletedResponse>, ApiError> {
+    let key = conditions.idempotency_key;
+    let mut session =
+        match idempotency::begin(state, caller, key, Operation::Delete(id), None).await? {
+            Begun::Run(session) => session,
+            Begun::Replay(kept) => return Ok(kept.into()),
+        };
+    let outcome = session.writes().delete(id, &precondition(conditions.if_match)).await;
+    let outcome = outcome.map_err(ApiError::from).and_then(written);
+    session.finish(outcome.map(|()| DeletedResponse::NoContent)).await
 }
 
 fn task_response(task: Task) -> TaskResponse {

@@ -136,6 +136,10 @@ pub enum StoreError {
     /// The database could not be reached in time; worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// An idempotency key turned out to be taken when its response was to be kept: another
+    /// request with it committed first (its writes are rolled back; retrying replays the other).
+    #[error("the idempotency key was taken by a concurrent request")]
+    KeyTaken,
     /// Anything else: a bug or a broken invariant.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -179,34 +183,171 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait]
 pub trait TaskStore: Send + Sync + 'static {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page>;
-    async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task>;
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
-    /// Applies `patch` in one statement; `updated_at` strictly moves forward.
+    /// The owner's change log after the version `since`, in commit order, at most `limit`
+    /// changes, each task once in its latest state. Without `since`: every live task (a full
+    /// sync needs no deletions). [`Feed::Gone`] when `since` can no longer be served: a deletion
+    /// after it has been purged, or it is ahead of the owner's version (a restored database).
+    async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed>;
+    /// Writes as `owner`, on one connection; committed by [`Writes::commit`], rolled back when
+    /// dropped.
+    async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>>;
+    /// Writes as `owner` under an idempotency key, in one transaction that holds the key: the
+    /// first request with it gets the writes; a repeat of the same request its kept response.
+    async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim>;
+    /// One bounded batch of upkeep: tombstones older than their retention and expired
+    /// idempotency keys are deleted, at most [`PURGE_BATCH`] of each.
+    async fn purge(&self) -> StoreResult<Purged>;
+    /// A `SELECT 1` round trip.
+    async fn ping(&self) -> StoreResult<()>;
+    /// The connection pool right now, for `/metrics`.
+    fn pool_status(&self) -> PoolStatus;
+
+    /// One write, committed on its own: [`TaskStore::writes`] for a single call.
+    async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
+        let mut writes = self.writes(owner).await?;
+        let task = writes.create(task).await?;
+        writes.commit(None).await?;
+        Ok(task)
+    }
+
     async fn update(
         &self,
         owner: &str,
         id: i64,
         patch: &TaskPatch,
         precondition: &Precondition,
-    ) -> StoreResult<Written<Task>>;
-    /// Flips `completed` in one statement, so concurrent toggles never lose one.
+    ) -> StoreResult<Written<Task>> {
+        let mut writes = self.writes(owner).await?;
+        let outcome = writes.update(id, patch, precondition).await?;
+        writes.commit(None).await?;
+        Ok(outcome)
+    }
+
     async fn toggle_completed(
         &self,
         owner: &str,
         id: i64,
         precondition: &Precondition,
-    ) -> StoreResult<Written<Task>>;
+    ) -> StoreResult<Written<Task>> {
+        let mut writes = self.writes(owner).await?;
+        let outcome = writes.toggle_completed(id, precondition).await?;
+        writes.commit(None).await?;
+        Ok(outcome)
+    }
+
     async fn delete(
         &self,
         owner: &str,
         id: i64,
         precondition: &Precondition,
-    ) -> StoreResult<Written<()>>;
-    /// A `SELECT 1` round trip.
-    async fn ping(&self) -> StoreResult<()>;
-    /// The connection pool right now, for `/metrics`.
-    fn pool_status(&self) -> PoolStatus;
+    ) -> StoreResult<Written<()>> {
+        let mut writes = self.writes(owner).await?;
+        let outcome = writes.delete(id, precondition).await?;
+        writes.commit(None).await?;
+        Ok(outcome)
+    }
 }
+
+/// The writes one request makes as one owner, on one connection: each statement commits on its
+/// own, or (under an idempotency key, and behind a pooler without prepared statements) all of
+/// them in one transaction that [`commit`](Writes::commit) ends.
+#[async_trait]
+pub trait Writes: Send {
+    async fn create(&mut self, task: &NewTask) -> StoreResult<Task>;
+    /// Applies `patch` in one statement; `updated_at` strictly moves forward.
+    async fn update(
+        &mut self,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>>;
+    /// Flips `completed` in one statement, so concurrent toggles never lose one.
+    async fn toggle_completed(
+        &mut self,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>>;
+    async fn delete(&mut self, id: i64, precondition: &Precondition) -> StoreResult<Written<()>>;
+    /// Makes the writes permanent. Under an idempotency key, `kept` (the response as the caller
+    /// sent it; opaque here) is stored with the key first, in the same transaction, for
+    /// `Retention::idempotency_keys`; without a key it must be `None`.
+    async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()>;
+}
+
+/// An `Idempotency-Key`, per owner, and the fingerprint of the request that uses it (what "the
+/// same request" means is the caller's business; here it is bytes to compare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+}
+
+/// What an idempotency key says about a request.
+pub enum Claim {
+    /// The key is new (or expired): the request runs through these writes, which hold the key
+    /// until they are committed (with the response to keep) or dropped.
+    First(Box<dyn Writes>),
+    /// The same request ran before under this key: the response it got.
+    Replay(Vec<u8>),
+    /// The key was used for a different request.
+    Mismatch,
+    /// A request with this key is running right now.
+    InFlight,
+}
+
+/// An answer of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    Changes(ChangeBatch),
+    /// `since` cannot be served any more: the client must start over without it.
+    Gone,
+}
+
+/// Changes in commit order, and where the next read resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    /// The version right after the last change returned (the owner's version at the read, when
+    /// nothing more is waiting).
+    pub cursor: i64,
+    /// More changes were waiting beyond `limit`.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Upsert(Task),
+    Delete { id: i64 },
+}
+
+/// How long tombstones and idempotency keys are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `TOMBSTONE_RETENTION_SECS`: how long a deletion can still be learned from the feed.
+    pub tombstones: Duration,
+    /// `IDEMPOTENCY_TTL_SECS`: how long a key's response is kept.
+    pub idempotency_keys: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            tombstones: Duration::from_secs(30 * 24 * 60 * 60),
+            idempotency_keys: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// Rows one [`TaskStore::purge`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub tombstones: u64,
+    pub idempotency_keys: u64,
+}
+
+/// The most rows of each kind one purge deletes: short statements, short locks.
+pub const PURGE_BATCH: i64 = 1000;
 
 /// Connections the pool holds, and how many of them are idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +368,7 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// Prepared statements cached per PostgreSQL connection; 0 for poolers without support.
     pub statement_cache_capacity: usize,
+    pub retention: Retention,
 }
 
 impl Default for ConnectOptions {
@@ -237,6 +379,7 @@ impl Default for ConnectOptions {
             startup_deadline: Duration::from_secs(10),
             max_connections: 10,
             statement_cache_capacity: 100,
+            retention: Retention::default(),
         }
     }
 }
@@ -271,6 +414,89 @@ where
         None if precondition.0.is_some() && exists().await? => Written::PreconditionFailed,
         None => Written::Missing,
     })
+}
+
+/// What a key's kept row, if there is one, says about a request under it: `None` when the
+/// request is the key's first.
+fn kept_claim(kept: Option<(Vec<u8>, Vec<u8>)>, key: &IdempotencyKey) -> Option<Claim> {
+    let (fingerprint, response) = kept?;
+    Some(if fingerprint == key.fingerprint { Claim::Replay(response) } else { Claim::Mismatch })
+}
+
+/// The connection one request's writes run on: a pooled one (each statement commits on its
+/// own), or a transaction on one.
+enum Connection<DB: sqlx::Database> {
+    Pooled(sqlx::pool::PoolConnection<DB>),
+    Transaction(sqlx::Transaction<'static, DB>),
+}
+
+impl<DB: sqlx::Database> Connection<DB> {
+    fn get(&mut self) -> &mut DB::Connection {
+        match self {
+            Connection::Pooled(connection) => connection,
+            Connection::Transaction(transaction) => transaction,
+        }
+    }
+}
+
+/// One row of a change-log read: the owner's version and purge watermark (on every row, and on
+/// the single row that comes back when nothing changed), and a change if there is one: a task,
+/// or a tombstone (whose `title` is NULL: a task always has one).
+#[derive(sqlx::FromRow)]
+struct FeedRow<T> {
+    current: i64,
+    purged: i64,
+    version: Option<i64>,
+    id: Option<i64>,
+    title: Option<String>,
+    description: Option<String>,
+    completed: Option<bool>,
+    created_at: Option<T>,
+    updated_at: Option<T>,
+}
+
+/// The feed from the rows of a read that asked for `limit + 1` changes; `time` converts the
+/// database's timestamps.
+fn assemble_feed<T>(
+    owner: &str,
+    since: Option<i64>,
+    limit: i64,
+    rows: Vec<FeedRow<T>>,
+    time: impl Fn(T) -> StoreResult<DateTime<Utc>>,
+) -> StoreResult<Feed> {
+    let (current, purged) = rows.first().map_or((0, 0), |row| (row.current, row.purged));
+    if since.is_some_and(|since| since < purged || since > current) {
+        return Ok(Feed::Gone);
+    }
+    let mut changes = Vec::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (Some(version), Some(id)) = (row.version, row.id) else { continue };
+        let change = match (row.title, row.completed, row.created_at, row.updated_at) {
+            (Some(title), Some(completed), Some(created_at), Some(updated_at)) => {
+                Change::Upsert(Task {
+                    id,
+                    user_id: owner.to_owned(),
+                    title,
+                    description: row.description,
+                    completed,
+                    created_at: time(created_at)?,
+                    updated_at: time(updated_at)?,
+                })
+            }
+            _ => Change::Delete { id },
+        };
+        changes.push(change);
+        versions.push(version);
+    }
+    let more = changes.len() as i64 > limit;
+    let cursor = if more {
+        changes.truncate(limit as usize);
+        versions[changes.len() - 1]
+    } else {
+        current
+    };
+    Ok(Feed::Changes(ChangeBatch { changes, cursor, more }))
 }
 
 /// How long one connection attempt may take at start-up.

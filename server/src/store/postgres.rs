@@ -13,21 +13,25 @@ use std::{str::FromStr, time::Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{
     FromRow, PgConnection, PgPool, Postgres,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, SortValue, StatusFilter,
-    StoreResult, Task, TaskPatch, TaskStore, Written, after_condition, count_statement, list_start,
-    list_total, order_by, split_page, status_condition, wait_until_reachable, written,
+    Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
+    PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
+    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
+    assemble_feed, count_statement, kept_claim, list_start, list_total, order_by, split_page,
+    status_condition, wait_until_reachable, written,
 };
 
 pub struct PostgresStore {
     pool: PgPool,
     /// Named prepared statements may be used (`DATABASE_STATEMENT_CACHE` is not 0).
     prepared: bool,
+    retention: Retention,
 }
 
 #[derive(FromRow)]
@@ -58,7 +62,11 @@ impl PostgresStore {
             .connect_lazy_with(connect_options);
 
         migrate(&pool).await.context("applying PostgreSQL migrations failed")?;
-        Ok(Self { pool, prepared: options.statement_cache_capacity > 0 })
+        Ok(Self {
+            pool,
+            prepared: options.statement_cache_capacity > 0,
+            retention: options.retention,
+        })
     }
 
     /// Runs one store call's statements on one connection; without prepared statements inside
@@ -143,6 +151,22 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The change log after `$2` (tombstones only when `$3`), at most `$4` rows, with the owner's
+/// version and purge watermark on every row: one statement, so one snapshot, in which every
+/// version up to the owner's current one is visible (see the migration).
+const FEED: &str = "WITH owner AS ( \
+        SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
+        FROM task_counts WHERE user_id = $1 \
+    ), changed AS ( \
+        (SELECT version, id, title, description, completed, created_at, updated_at \
+         FROM tasks WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $4) \
+        UNION ALL \
+        (SELECT version, id, NULL, NULL, NULL, NULL, NULL \
+         FROM task_tombstones WHERE user_id = $1 AND version > $2 AND $3 ORDER BY version LIMIT $4) \
+    ) \
+    SELECT owner.current, owner.purged, changed.* FROM owner LEFT JOIN changed ON TRUE \
+    ORDER BY changed.version LIMIT $4";
+
 #[async_trait]
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
@@ -174,122 +198,119 @@ impl TaskStore for PostgresStore {
         Ok(Page { tasks, total, next })
     }
 
-    async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
-        self.call(async |db| {
-            sqlx::query_as(
-                "INSERT INTO tasks (user_id, title, description, completed) \
-                 VALUES ($1, $2, $3, $4) \
-                 RETURNING id, user_id, title, description, completed, created_at, updated_at",
-            )
-            .bind(owner)
-            .bind(&task.title)
-            .bind(&task.description)
-            .bind(task.completed)
-            .persistent(self.prepared)
-            .fetch_one(db)
-            .await
-        })
-        .await
-    }
-
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        self.call(async |db| {
-            sqlx::query_as(
-                "SELECT id, user_id, title, description, completed, created_at, updated_at \
-                 FROM tasks WHERE id = $1 AND user_id = $2",
-            )
-            .bind(id)
-            .bind(owner)
-            .persistent(self.prepared)
-            .fetch_optional(db)
-            .await
-        })
-        .await
+        let prepared = self.prepared;
+        self.call(async |db| get(db, prepared, owner, id).await).await
     }
 
-    async fn update(
-        &self,
-        owner: &str,
-        id: i64,
-        patch: &TaskPatch,
-        precondition: &Precondition,
-    ) -> StoreResult<Written<Task>> {
-        // `updated_at` strictly moves forward even if two writes share a clock tick.
-        let row = self
+    async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed> {
+        let rows: Vec<FeedRow<DateTime<Utc>>> = self
             .call(async |db| {
-                sqlx::query_as(
-                    "UPDATE tasks SET \
-                 title = COALESCE($3, title), \
-                 description = CASE WHEN $4 THEN $5 ELSE description END, \
-                 completed = COALESCE($6, completed), \
-                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
-             WHERE id = $1 AND user_id = $2 \
-               AND ($7::timestamptz[] IS NULL OR updated_at = ANY($7)) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-                )
-                .bind(id)
-                .bind(owner)
-                .bind(&patch.title)
-                .bind(patch.description.is_some())
-                .bind(patch.description.as_ref().and_then(Option::as_deref))
-                .bind(patch.completed)
-                .bind(precondition.0.as_deref())
-                .persistent(self.prepared)
-                .fetch_optional(db)
-                .await
+                sqlx::query_as(FEED)
+                    .bind(owner)
+                    .bind(since.unwrap_or(0))
+                    .bind(since.is_some())
+                    .bind(limit + 1)
+                    .persistent(self.prepared)
+                    .fetch_all(db)
+                    .await
             })
             .await?;
-        written(row, precondition, || self.exists(owner, id)).await
+        assemble_feed(owner, since, limit, rows, Ok)
     }
 
-    async fn toggle_completed(
-        &self,
-        owner: &str,
-        id: i64,
-        precondition: &Precondition,
-    ) -> StoreResult<Written<Task>> {
-        let row = self
-            .call(async |db| {
-                sqlx::query_as(
-                    "UPDATE tasks SET completed = NOT completed, \
-                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
-             WHERE id = $1 AND user_id = $2 \
-               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3)) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-                )
-                .bind(id)
-                .bind(owner)
-                .bind(precondition.0.as_deref())
-                .persistent(self.prepared)
-                .fetch_optional(db)
-                .await
-            })
-            .await?;
-        written(row, precondition, || self.exists(owner, id)).await
+    async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
+        // Without prepared statements each statement must run in a transaction (see above).
+        let db = if self.prepared {
+            Connection::Pooled(self.pool.acquire().await?)
+        } else {
+            Connection::Transaction(self.pool.begin().await?)
+        };
+        Ok(Box::new(PgWrites { db, owner: owner.to_owned(), prepared: self.prepared, key: None }))
     }
 
-    async fn delete(
-        &self,
-        owner: &str,
-        id: i64,
-        precondition: &Precondition,
-    ) -> StoreResult<Written<()>> {
-        let result = self
-            .call(async |db| {
-                sqlx::query(
-                    "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
-               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3))",
-                )
-                .bind(id)
-                .bind(owner)
-                .bind(precondition.0.as_deref())
+    async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim> {
+        let mut transaction = self.pool.begin().await?;
+        // Held until the transaction ends: a second request with the key sees it taken (409)
+        // instead of waiting. 64 bits of hash; the key has no space, so `key owner` is unique.
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ' ' || $2, 0))",
+        )
+        .bind(&key.key)
+        .bind(owner)
+        .persistent(self.prepared)
+        .fetch_one(&mut *transaction)
+        .await?;
+        if !locked {
+            transaction.rollback().await?;
+            return Ok(Claim::InFlight);
+        }
+        // A statement of its own, after the lock: its snapshot sees what the key's previous
+        // holder committed.
+        let kept: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT fingerprint, response FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2 AND expires_at > now()",
+        )
+        .bind(owner)
+        .bind(&key.key)
+        .persistent(self.prepared)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(claim) = kept_claim(kept, key) {
+            transaction.rollback().await?;
+            return Ok(claim);
+        }
+        Ok(Claim::First(Box::new(PgWrites {
+            db: Connection::Transaction(transaction),
+            owner: owner.to_owned(),
+            prepared: self.prepared,
+            key: Some((key.clone(), self.retention.idempotency_keys)),
+        })))
+    }
+
+    async fn purge(&self) -> StoreResult<Purged> {
+        let mut transaction = self.pool.begin().await?;
+        // One purger at a time across instances: two would contend for the same rows.
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('task-api purge'))")
                 .persistent(self.prepared)
-                .execute(db)
-                .await
-            })
-            .await?;
-        let row = (result.rows_affected() == 1).then_some(());
-        written(row, precondition, || self.exists(owner, id)).await
+                .fetch_one(&mut *transaction)
+                .await?;
+        if !locked {
+            transaction.rollback().await?;
+            return Ok(Purged::default());
+        }
+        // The oldest tombstones first; each owner's watermark moves to the newest one purged.
+        let tombstones: i64 = sqlx::query_scalar(
+            "WITH purged AS ( \
+                 DELETE FROM task_tombstones WHERE (user_id, version) IN ( \
+                     SELECT user_id, version FROM task_tombstones \
+                     WHERE deleted_at < now() - make_interval(secs => $1) \
+                     ORDER BY deleted_at LIMIT $2) \
+                 RETURNING user_id, version \
+             ), watermarks AS ( \
+                 UPDATE task_counts SET purged_through = greatest(purged_through, newest.version) \
+                 FROM (SELECT user_id, max(version) AS version FROM purged GROUP BY user_id) AS newest \
+                 WHERE task_counts.user_id = newest.user_id \
+                 RETURNING 1 \
+             ) \
+             SELECT count(*) FROM purged",
+        )
+        .bind(self.retention.tombstones.as_secs_f64())
+        .bind(PURGE_BATCH)
+        .persistent(self.prepared)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let keys = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (user_id, key) IN ( \
+                 SELECT user_id, key FROM idempotency_keys WHERE expires_at <= now() LIMIT $1)",
+        )
+        .bind(PURGE_BATCH)
+        .persistent(self.prepared)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(Purged { tombstones: tombstones as u64, idempotency_keys: keys.rows_affected() })
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -304,13 +325,156 @@ impl TaskStore for PostgresStore {
 }
 
 impl PostgresStore {
-    async fn exists(&self, owner: &str, id: i64) -> StoreResult<bool> {
-        Ok(self.get(owner, id).await?.is_some())
-    }
-
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
         let mut sql = count_statement::<Postgres>(owner, status);
         self.call(async |db| sql.build_query_scalar().persistent(self.prepared).fetch_one(db).await)
             .await
     }
+}
+
+/// One owner's writes (see [`Writes`]).
+struct PgWrites {
+    db: Connection<Postgres>,
+    owner: String,
+    prepared: bool,
+    /// The idempotency key this transaction holds, and how long to keep its response.
+    key: Option<(IdempotencyKey, std::time::Duration)>,
+}
+
+impl PgWrites {
+    async fn exists(&mut self, id: i64) -> StoreResult<bool> {
+        Ok(get(self.db.get(), self.prepared, &self.owner, id).await?.is_some())
+    }
+}
+
+#[async_trait]
+impl Writes for PgWrites {
+    async fn create(&mut self, task: &NewTask) -> StoreResult<Task> {
+        Ok(sqlx::query_as(
+            "INSERT INTO tasks (user_id, title, description, completed) \
+             VALUES ($1, $2, $3, $4) \
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
+        )
+        .bind(&self.owner)
+        .bind(&task.title)
+        .bind(&task.description)
+        .bind(task.completed)
+        .persistent(self.prepared)
+        .fetch_one(self.db.get())
+        .await?)
+    }
+
+    async fn update(
+        &mut self,
+        id: i64,
+        patch: &TaskPatch,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        // `updated_at` strictly moves forward even if two writes share a clock tick.
+        let row = sqlx::query_as(
+            "UPDATE tasks SET \
+                 title = COALESCE($3, title), \
+                 description = CASE WHEN $4 THEN $5 ELSE description END, \
+                 completed = COALESCE($6, completed), \
+                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
+             WHERE id = $1 AND user_id = $2 \
+               AND ($7::timestamptz[] IS NULL OR updated_at = ANY($7)) \
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
+        )
+        .bind(id)
+        .bind(&self.owner)
+        .bind(&patch.title)
+        .bind(patch.description.is_some())
+        .bind(patch.description.as_ref().and_then(Option::as_deref))
+        .bind(patch.completed)
+        .bind(precondition.0.as_deref())
+        .persistent(self.prepared)
+        .fetch_optional(self.db.get())
+        .await?;
+        written(row, precondition, || self.exists(id)).await
+    }
+
+    async fn toggle_completed(
+        &mut self,
+        id: i64,
+        precondition: &Precondition,
+    ) -> StoreResult<Written<Task>> {
+        let row = sqlx::query_as(
+            "UPDATE tasks SET completed = NOT completed, \
+                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
+             WHERE id = $1 AND user_id = $2 \
+               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3)) \
+             RETURNING id, user_id, title, description, completed, created_at, updated_at",
+        )
+        .bind(id)
+        .bind(&self.owner)
+        .bind(precondition.0.as_deref())
+        .persistent(self.prepared)
+        .fetch_optional(self.db.get())
+        .await?;
+        written(row, precondition, || self.exists(id)).await
+    }
+
+    async fn delete(&mut self, id: i64, precondition: &Precondition) -> StoreResult<Written<()>> {
+        let result = sqlx::query(
+            "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
+               AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3))",
+        )
+        .bind(id)
+        .bind(&self.owner)
+        .bind(precondition.0.as_deref())
+        .persistent(self.prepared)
+        .execute(self.db.get())
+        .await?;
+        let row = (result.rows_affected() == 1).then_some(());
+        written(row, precondition, || self.exists(id)).await
+    }
+
+    async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()> {
+        let PgWrites { db, owner, prepared, key } = *self;
+        let Connection::Transaction(mut transaction) = db else { return Ok(()) };
+        if let Some((key, ttl)) = key {
+            let response = kept.ok_or_else(|| anyhow::anyhow!("a keyed write kept no response"))?;
+            // An expired key not purged yet is replaced; a live one means another request
+            // committed it first, despite the lock: roll back ours.
+            let stored = sqlx::query(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, response, expires_at) \
+                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+                 ON CONFLICT (user_id, key) DO UPDATE \
+                     SET fingerprint = EXCLUDED.fingerprint, response = EXCLUDED.response, \
+                         expires_at = EXCLUDED.expires_at \
+                     WHERE idempotency_keys.expires_at <= now()",
+            )
+            .bind(&owner)
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(response)
+            .bind(ttl.as_secs_f64())
+            .persistent(prepared)
+            .execute(&mut *transaction)
+            .await?;
+            if stored.rows_affected() == 0 {
+                return Err(StoreError::KeyTaken);
+            }
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+}
+
+async fn get(
+    db: &mut PgConnection,
+    prepared: bool,
+    owner: &str,
+    id: i64,
+) -> Result<Option<Task>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, title, description, completed, created_at, updated_at \
+         FROM tasks WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .persistent(prepared)
+    .fetch_optional(db)
+    .await
 }

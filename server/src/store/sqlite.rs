@@ -1,8 +1,15 @@
 //! The SQLite store: the zero-install default (`sqlite://tasks.db`) and the second backend of
 //! the test suite. WAL mode lets readers run beside the single writer; `synchronous=NORMAL` in
 //! WAL keeps every committed write across a process crash (not across power loss).
+//!
+//! Writers take turns through a fair in-process queue before they touch the database. SQLite
+//! has one write lock, and its busy handler only sleeps and polls for it: under load a waiter
+//! can lose every race for seconds while others win, which showed as 503s once a keyed write
+//! held the lock for a whole transaction. A FIFO queue serves writers in arrival order. (The
+//! database belongs to this one process; another process's writes would still be waited for
+//! by the busy handler.)
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -12,14 +19,21 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
 use super::{
-    ConnectOptions, ListQuery, NewTask, Page, PoolStatus, Precondition, SortValue, StatusFilter,
-    StoreError, StoreResult, Task, TaskPatch, TaskStore, Written, after_condition, count_statement,
-    list_start, list_total, order_by, split_page, status_condition, wait_until_reachable, written,
+    Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
+    PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
+    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
+    assemble_feed, count_statement, kept_claim, list_start, list_total, order_by, split_page,
+    status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    retention: Retention,
+    /// Whose turn it is to write (see the module documentation).
+    write_turn: Arc<Mutex<()>>,
 }
 
 /// Timestamps are stored as microseconds since the Unix epoch.
@@ -45,10 +59,6 @@ impl TryFrom<TaskRow> for Task {
     type Error = StoreError;
 
     fn try_from(row: TaskRow) -> Result<Self, StoreError> {
-        let timestamp = |micros: i64| {
-            DateTime::<Utc>::from_timestamp_micros(micros)
-                .ok_or_else(|| anyhow::anyhow!("task {} has an out-of-range timestamp", row.id))
-        };
         Ok(Task {
             id: row.id,
             created_at: timestamp(row.created_at)?,
@@ -63,6 +73,15 @@ impl TryFrom<TaskRow> for Task {
 
 fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn timestamp(micros: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .ok_or_else(|| anyhow::anyhow!("an out-of-range timestamp: {micros}").into())
 }
 
 fn into_task(row: Option<TaskRow>) -> StoreResult<Option<Task>> {
@@ -103,11 +122,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying SQLite migrations failed")?;
-        Ok(Self { pool })
-    }
-
-    async fn exists(&self, owner: &str, id: i64) -> StoreResult<bool> {
-        Ok(self.get(owner, id).await?.is_some())
+        Ok(Self { pool, retention: options.retention, write_turn: Arc::default() })
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
@@ -115,6 +130,22 @@ impl SqliteStore {
         Ok(sql.build_query_scalar().fetch_one(&self.pool).await?)
     }
 }
+
+/// The change log after `$2` (tombstones only when `$3`), at most `$4` rows, with the owner's
+/// version and purge watermark on every row; one statement, one snapshot.
+const FEED: &str = "WITH owner AS ( \
+        SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
+        FROM task_counts WHERE user_id = $1 \
+    ), changed AS ( \
+        SELECT * FROM (SELECT version, id, title, description, completed, created_at, updated_at \
+            FROM tasks WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $4) \
+        UNION ALL \
+        SELECT * FROM (SELECT version, id, NULL, NULL, NULL, NULL, NULL \
+            FROM task_tombstones WHERE user_id = $1 AND version > $2 AND $3 \
+            ORDER BY version LIMIT $4) \
+    ) \
+    SELECT owner.current, owner.purged, changed.* FROM owner LEFT JOIN changed ON TRUE \
+    ORDER BY changed.version LIMIT $4";
 
 #[async_trait]
 impl TaskStore for SqliteStore {
@@ -145,39 +176,142 @@ impl TaskStore for SqliteStore {
         Ok(Page { tasks, total, next })
     }
 
-    async fn create(&self, owner: &str, task: &NewTask) -> StoreResult<Task> {
+    async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
+        let mut db = self.pool.acquire().await?;
+        get(&mut db, owner, id).await
+    }
+
+    async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed> {
+        let rows: Vec<FeedRow<i64>> = sqlx::query_as(FEED)
+            .bind(owner)
+            .bind(since.unwrap_or(0))
+            .bind(since.is_some())
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        assemble_feed(owner, since, limit, rows, timestamp)
+    }
+
+    async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
+        let turn = self.write_turn.clone().lock_owned().await;
+        let db = Connection::Pooled(self.pool.acquire().await?);
+        Ok(Box::new(SqliteWrites { db, owner: owner.to_owned(), key: None, _turn: turn }))
+    }
+
+    async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim> {
+        // The write turn and the one write lock, taken now: a second request with the key waits
+        // for this one to commit and then finds its response (SQLite never needs the 409).
+        let turn = self.write_turn.clone().lock_owned().await;
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let kept: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT fingerprint, response FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2 AND expires_at > $3",
+        )
+        .bind(owner)
+        .bind(&key.key)
+        .bind(now_micros())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(claim) = kept_claim(kept, key) {
+            transaction.rollback().await?;
+            return Ok(claim);
+        }
+        Ok(Claim::First(Box::new(SqliteWrites {
+            db: Connection::Transaction(transaction),
+            owner: owner.to_owned(),
+            key: Some((key.clone(), self.retention.idempotency_keys)),
+            _turn: turn,
+        })))
+    }
+
+    async fn purge(&self) -> StoreResult<Purged> {
+        let _turn = self.write_turn.lock().await;
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_micros();
+        let purged: Vec<(String, i64)> = sqlx::query_as(
+            "DELETE FROM task_tombstones WHERE (user_id, version) IN ( \
+                 SELECT user_id, version FROM task_tombstones WHERE deleted_at < $1 \
+                 ORDER BY deleted_at LIMIT $2) \
+             RETURNING user_id, version",
+        )
+        .bind(now.saturating_sub(micros(self.retention.tombstones)))
+        .bind(PURGE_BATCH)
+        .fetch_all(&mut *transaction)
+        .await?;
+        // Each owner's watermark moves to the newest of their tombstones purged.
+        let mut newest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for (owner, version) in &purged {
+            let entry = newest.entry(owner).or_default();
+            *entry = (*entry).max(*version);
+        }
+        for (owner, version) in newest {
+            sqlx::query(
+                "UPDATE task_counts SET purged_through = max(purged_through, $2) \
+                 WHERE user_id = $1",
+            )
+            .bind(owner)
+            .bind(version)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        let keys = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (user_id, key) IN ( \
+                 SELECT user_id, key FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(PURGE_BATCH)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(Purged { tombstones: purged.len() as u64, idempotency_keys: keys.rows_affected() })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus { size: self.pool.size(), idle: self.pool.num_idle() }
+    }
+}
+
+/// One owner's writes (see [`Writes`]).
+struct SqliteWrites {
+    db: Connection<Sqlite>,
+    owner: String,
+    /// The idempotency key this transaction holds, and how long to keep its response.
+    key: Option<(IdempotencyKey, Duration)>,
+    /// Held until the writes are committed or dropped.
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl SqliteWrites {
+    async fn exists(&mut self, id: i64) -> StoreResult<bool> {
+        Ok(get(self.db.get(), &self.owner, id).await?.is_some())
+    }
+}
+
+#[async_trait]
+impl Writes for SqliteWrites {
+    async fn create(&mut self, task: &NewTask) -> StoreResult<Task> {
         let row: TaskRow = sqlx::query_as(
             "INSERT INTO tasks (user_id, title, description, completed, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5) \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
-        .bind(owner)
+        .bind(&self.owner)
         .bind(&task.title)
         .bind(&task.description)
         .bind(task.completed)
-        .bind(now)
-        .fetch_one(&self.pool)
+        .bind(now_micros())
+        .fetch_one(self.db.get())
         .await?;
         row.try_into()
     }
 
-    async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
-        into_task(
-            sqlx::query_as(
-                "SELECT id, user_id, title, description, completed, created_at, updated_at \
-                 FROM tasks WHERE id = $1 AND user_id = $2",
-            )
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?,
-        )
-    }
-
     async fn update(
-        &self,
-        owner: &str,
+        &mut self,
         id: i64,
         patch: &TaskPatch,
         precondition: &Precondition,
@@ -193,21 +327,20 @@ impl TaskStore for SqliteStore {
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(id)
-        .bind(owner)
+        .bind(&self.owner)
         .bind(&patch.title)
         .bind(patch.description.is_some())
         .bind(patch.description.as_ref().and_then(Option::as_deref))
         .bind(patch.completed)
         .bind(now_micros())
         .bind(expected_micros(precondition))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.get())
         .await?;
-        written(into_task(row)?, precondition, || self.exists(owner, id)).await
+        written(into_task(row)?, precondition, || self.exists(id)).await
     }
 
     async fn toggle_completed(
-        &self,
-        owner: &str,
+        &mut self,
         id: i64,
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
@@ -218,39 +351,68 @@ impl TaskStore for SqliteStore {
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(id)
-        .bind(owner)
+        .bind(&self.owner)
         .bind(now_micros())
         .bind(expected_micros(precondition))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.get())
         .await?;
-        written(into_task(row)?, precondition, || self.exists(owner, id)).await
+        written(into_task(row)?, precondition, || self.exists(id)).await
     }
 
-    async fn delete(
-        &self,
-        owner: &str,
-        id: i64,
-        precondition: &Precondition,
-    ) -> StoreResult<Written<()>> {
+    async fn delete(&mut self, id: i64, precondition: &Precondition) -> StoreResult<Written<()>> {
         let result = sqlx::query(
             "DELETE FROM tasks WHERE id = $1 AND user_id = $2 \
                AND ($3 IS NULL OR updated_at IN (SELECT value FROM json_each($3)))",
         )
         .bind(id)
-        .bind(owner)
+        .bind(&self.owner)
         .bind(expected_micros(precondition))
-        .execute(&self.pool)
+        .execute(self.db.get())
         .await?;
         let row = (result.rows_affected() == 1).then_some(());
-        written(row, precondition, || self.exists(owner, id)).await
+        written(row, precondition, || self.exists(id)).await
     }
 
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()> {
+        let SqliteWrites { db, owner, key, _turn } = *self;
+        let Connection::Transaction(mut transaction) = db else { return Ok(()) };
+        if let Some((key, ttl)) = key {
+            let response = kept.ok_or_else(|| anyhow::anyhow!("a keyed write kept no response"))?;
+            let now = now_micros();
+            let stored = sqlx::query(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, response, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (user_id, key) DO UPDATE \
+                     SET fingerprint = excluded.fingerprint, response = excluded.response, \
+                         expires_at = excluded.expires_at \
+                     WHERE idempotency_keys.expires_at <= $6",
+            )
+            .bind(&owner)
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(response)
+            .bind(now.saturating_add(micros(ttl)))
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+            if stored.rows_affected() == 0 {
+                return Err(StoreError::KeyTaken);
+            }
+        }
+        transaction.commit().await?;
         Ok(())
     }
+}
 
-    fn pool_status(&self) -> PoolStatus {
-        PoolStatus { size: self.pool.size(), idle: self.pool.num_idle() }
-    }
+async fn get(db: &mut SqliteConnection, owner: &str, id: i64) -> StoreResult<Option<Task>> {
+    into_task(
+        sqlx::query_as(
+            "SELECT id, user_id, title, description, completed, created_at, updated_at \
+             FROM tasks WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(db)
+        .await?,
+    )
 }

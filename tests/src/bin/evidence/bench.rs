@@ -11,6 +11,9 @@
 //! - Also: the server's CPU per request (`/proc/PID/stat`), its peak RSS, the same workload on
 //!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, the keyset page
 //!   that starts where the last offset does, and everything).
+//! - Sync and retries: a create with an `Idempotency-Key` against one without, and the poll
+//!   every open tab makes (`changes?since=` the latest cursor: nothing new) against a get of one
+//!   task, at c = 50.
 //! - `--server-binary PATH`: that build instead of a fresh release build, to compare two builds
 //!   run after run.
 //! - `--pooler`: the service behind PgBouncer (transaction mode, `DATABASE_STATEMENT_CACHE=0`).
@@ -176,6 +179,9 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         println!("\n{report}");
         return Ok(());
     }
+
+    let sync = sync_and_retries(&server, scratch, duration / 2).await.context("sync and keys")?;
+    writeln!(report, "\n{sync}")?;
 
     // The user with 10,000 tasks, against a user with 20.
     let large = large_user(&server, duration / 2).await.context("the 10,000-task user")?;
@@ -465,6 +471,84 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
             run.p50_ms,
             run.p99_ms,
             baseline.requests_per_second / run.requests_per_second
+        )?;
+    }
+    Ok(report)
+}
+
+/// What safe retries and sync cost: a create with an `Idempotency-Key` against one without, and
+/// `changes?since=` the latest cursor (the poll of an idle tab) against a get of one task; the
+/// 100 seeded users at random, c = 50.
+async fn sync_and_retries(
+    server: &ServerProcess,
+    dir: &Path,
+    duration: Duration,
+) -> anyhow::Result<String> {
+    // The 100 users, each with the cursor of a sync made now: read this right before a run, so
+    // that the poll really finds nothing new.
+    let users = async || -> anyhow::Result<String> {
+        let mut users = String::new();
+        for user in 1..=USERS {
+            let user_id = user.to_string();
+            let token = token(&user_id);
+            let client = client_sdk::authenticated(&server.base_url, &token)?;
+            let cursor = client.list_changes().send().await?.into_inner().cursor;
+            let first = (user - 1) * TASKS_PER_USER + 1;
+            writeln!(
+                users,
+                "  {{id = \"{user_id}\", token = \"{token}\", cursor = \"{cursor}\", first = {first}}},"
+            )?;
+        }
+        Ok(users)
+    };
+    // Every wrk thread gets its own number (`setup`), so that keys never collide.
+    let script = |users: &str, body: &str| {
+        format!(
+            "local users = {{\n{users}}}\n\
+             local threads = 0\n\
+             function setup(thread)\n\
+               threads = threads + 1\n\
+               thread:set(\"thread\", threads)\n\
+             end\n\
+             local n = 0\n\
+             math.randomseed(os.time())\n\
+             request = function()\n\
+               local prefix = os.time() .. \"-\" .. thread\n\
+               local user = users[math.random(#users)]\n\
+               local headers = {{[\"Authorization\"] = \"Bearer \" .. user.token}}\n\
+               n = n + 1\n\
+               {body}\n\
+             end\n"
+        )
+    };
+    let create = "headers[\"Content-Type\"] = \"application/json\"\n\
+                  return wrk.format(\"POST\", \"/api/\" .. user.id .. \"/tasks\", headers, '{\"title\": \"bench\"}')";
+    let keyed_create = format!("headers[\"Idempotency-Key\"] = prefix .. \"-\" .. n\n{create}");
+    let runs = [
+        // The reads first, while each cursor is the latest.
+        (
+            "`GET …/tasks/changes?since=` (latest: nothing new)",
+            "return wrk.format(\"GET\", \"/api/\" .. user.id .. \"/tasks/changes?since=\" .. user.cursor, headers)",
+        ),
+        (
+            "`GET …/tasks/{id}`",
+            "return wrk.format(\"GET\", \"/api/\" .. user.id .. \"/tasks/\" .. (user.first + math.random(0, 19)), headers)",
+        ),
+        ("`POST …/tasks` (no key)", create),
+        ("`POST …/tasks` with `Idempotency-Key`", keyed_create.as_str()),
+    ];
+    let mut report = String::new();
+    writeln!(report, "| request | req/s (c=50) | p50 ms | p99 ms | server CPU µs/req |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    for (name, body) in runs {
+        let path = dir.join("sync.lua");
+        std::fs::write(&path, script(&users().await?, body))?;
+        let run = wrk(server, &path, 50, duration.max(Duration::from_secs(1)))?;
+        anyhow::ensure!(run.errors == 0, "{} failed requests: {name}", run.errors);
+        writeln!(
+            report,
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            run.requests_per_second, run.p50_ms, run.p99_ms, run.cpu_micros_per_request
         )?;
     }
     Ok(report)

@@ -7,6 +7,10 @@
 //!    read through the other, and concurrent toggles through both end parity-correct.
 //! 3. Graceful shutdown: a request whose body is still arriving when SIGTERM comes is answered
 //!    (201) before the process exits cleanly.
+//! 4. Exactly once, on PostgreSQL and on SQLite: clients create and toggle tasks with an
+//!    `Idempotency-Key` and retry every request whose answer they did not get, while the server
+//!    is killed with SIGKILL and restarted twice mid-burst; afterwards every create key made
+//!    exactly one task and every toggle key flipped its task exactly once.
 //!
 //! The servers log at debug level, and the logs are scanned for secrets afterwards.
 
@@ -33,6 +37,10 @@ pub async fn run() -> anyhow::Result<()> {
     crash_durability("sqlite", &binary, &sqlite, scratch.path(), &mut logs).await?;
     scale_out(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
     graceful_shutdown(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
+    let postgres = fresh_database().await;
+    exactly_once("postgres", &binary, &postgres, scratch.path(), &mut logs).await?;
+    let sqlite = format!("sqlite://{}", scratch.path().join("once.db").display());
+    exactly_once("sqlite", &binary, &sqlite, scratch.path(), &mut logs).await?;
 
     let lines = server_process::scan_logs(&logs)?;
     println!(
@@ -314,6 +322,135 @@ async fn graceful_shutdown(
         "graceful shutdown: a request in flight at SIGTERM was answered 201; the process exited \
          cleanly {:?} after the signal",
         signalled.elapsed()
+    );
+    Ok(())
+}
+
+/// Clients of the exactly-once run, and the tasks each makes.
+const KEYED_CLIENTS: usize = 16;
+const KEYED_TASKS: usize = 40;
+/// Server lives: killed with SIGKILL after each but the last.
+const LIVES: usize = 3;
+
+/// Sends `request` until the server answers it (not 5xx, not a lost connection, not a 409 for
+/// a key still in flight): the retry loop of a client on a flaky network. Returns the answer,
+/// how many attempts went unanswered, and whether the answer was a replay (the request had
+/// run before, but its answer was lost).
+async fn until_answered<T, F, Fut>(mut request: F) -> (T, usize, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+            Output = Result<
+                client_sdk::ResponseValue<T>,
+                client_sdk::Error<client_sdk::types::Problem>,
+            >,
+        >,
+{
+    let mut retries = 0;
+    loop {
+        match request().await {
+            Ok(response) => {
+                let replayed = response.headers().contains_key("idempotent-replayed");
+                return (response.into_inner(), retries, replayed);
+            }
+            Err(err) if err.status().is_some_and(|s| s.is_client_error() && s != 409) => {
+                panic!("a keyed request was refused: {err:?}")
+            }
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn exactly_once(
+    label: &str,
+    binary: &std::path::Path,
+    database_url: &str,
+    scratch: &std::path::Path,
+    logs: &mut Vec<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let log = scratch.join(format!("once-{label}-0.log"));
+    logs.push(log.clone());
+    let mut server = ServerProcess::start(binary, database_url, log).await?;
+    let port = server.port();
+    let users: Vec<String> = (0..KEYED_CLIENTS).map(|c| user(&format!("once{c}"))).collect();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients = users.iter().map(|name| {
+        let client = client_sdk::authenticated(&server.base_url, &token(name)).expect("client");
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let (mut retries, mut replays) = (0, 0);
+            for n in 0..KEYED_TASKS {
+                let create_key: client_sdk::types::IdempotencyKey =
+                    format!("create-{n}").parse().unwrap();
+                let (task, unanswered, replayed) = until_answered(|| {
+                    client
+                        .create_task()
+                        .idempotency_key(create_key.clone())
+                        .body(TaskCreate::builder().title(format!("task {n}")).completed(false))
+                        .send()
+                })
+                .await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let toggle_key: client_sdk::types::IdempotencyKey =
+                    format!("toggle-{n}").parse().unwrap();
+                let (toggled, unanswered_toggles, replayed_toggle) = until_answered(|| {
+                    client.toggle_task().id(task.id).idempotency_key(toggle_key.clone()).send()
+                })
+                .await;
+                assert!(toggled.completed, "the toggle's answer is the first toggle's");
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                retries += unanswered + unanswered_toggles;
+                replays += usize::from(replayed) + usize::from(replayed_toggle);
+            }
+            (retries, replays)
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    let total = KEYED_CLIENTS * KEYED_TASKS * 2;
+    for life in 1..LIVES {
+        // Kill at a third and at two thirds of the burst.
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < total * life / LIVES {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        server.kill_hard()?;
+        let log = scratch.join(format!("once-{label}-{life}.log"));
+        logs.push(log.clone());
+        server = ServerProcess::start_on_port(binary, database_url, log, &[], port).await?;
+    }
+    let (mut retries, mut replays) = (0, 0);
+    for client in clients {
+        let (client_retries, client_replays) = client.await?;
+        retries += client_retries;
+        replays += client_replays;
+    }
+    let (mut tasks, mut duplicates) = (0, 0);
+    for name in &users {
+        let client = client_sdk::authenticated(&server.base_url, &token(name))?;
+        let stored = client.list_tasks().send().await?.into_inner();
+        let mut titles = HashSet::new();
+        for task in &stored {
+            anyhow::ensure!(task.completed, "{label}: {} was not toggled exactly once", task.title);
+            if !titles.insert(task.title.clone()) {
+                duplicates += 1;
+            }
+        }
+        anyhow::ensure!(
+            titles.len() == KEYED_TASKS,
+            "{label}: {name} has {} distinct tasks, {KEYED_TASKS} keys were sent",
+            titles.len()
+        );
+        tasks += stored.len();
+    }
+    anyhow::ensure!(duplicates == 0, "{label}: {duplicates} tasks were created twice");
+    println!(
+        "exactly once ({label}): {} create keys and as many toggle keys, {retries} unanswered \
+         attempts retried across {} SIGKILLs ({replays} had run, and were answered by a \
+         replay); {tasks} tasks, {duplicates} duplicates, every toggle applied once",
+        KEYED_CLIENTS * KEYED_TASKS,
+        LIVES - 1
     );
     Ok(())
 }

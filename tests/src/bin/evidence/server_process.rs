@@ -55,6 +55,18 @@ impl ServerProcess {
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on_port(binary, database_url, log, env, port).await
+    }
+
+    /// [`start_with`](Self::start_with) on `port` (e.g. a killed server's, to restart it where
+    /// its clients expect it).
+    pub async fn start_on_port(
+        binary: &Path,
+        database_url: &str,
+        log: PathBuf,
+        env: &[(&str, &str)],
+        port: u16,
+    ) -> anyhow::Result<Self> {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(binary)
             .env_clear()
@@ -103,6 +115,10 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base_url.rsplit(':').next().and_then(|port| port.parse().ok()).expect("a port")
     }
 
     /// SIGKILL: no chance to finish anything.
