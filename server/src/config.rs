@@ -63,6 +63,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// `TOMBSTONE_RETENTION_SECS`, `IDEMPOTENCY_TTL_SECS`.
     pub retention: Retention,
+    /// `MAX_TASKS_PER_USER`.
+    pub max_tasks_per_user: i64,
 }
 
 /// Where `GET /metrics` is served.
@@ -209,12 +211,14 @@ impl Config {
         };
         let per_second = number("RATE_LIMIT_PER_SECOND", defaults.per_second);
         let burst = number("RATE_LIMIT_BURST", per_second.saturating_mul(2));
+        let limits = ConnectionLimits::default();
+        let per_address =
+            number("MAX_CONNECTIONS_PER_ADDRESS", limits.max_connections_per_address as u32);
         let rate_limits = RateLimitSettings {
             per_second,
             burst,
             client_ip_header: get("TRUSTED_CLIENT_IP_HEADER"),
         };
-        let limits = ConnectionLimits::default();
         let mut positive = |name: &str, default: u64| {
             get(name).map_or(Ok(default), |v| v.parse()).ok().filter(|v| *v > 0).unwrap_or_else(
                 || {
@@ -225,6 +229,7 @@ impl Config {
         };
         let connections = ConnectionLimits {
             max_connections: positive("MAX_CONNECTIONS", limits.max_connections as u64) as usize,
+            max_connections_per_address: per_address as usize,
             request_read_timeout: std::time::Duration::from_secs(positive(
                 "REQUEST_READ_TIMEOUT_SECS",
                 limits.request_read_timeout.as_secs(),
@@ -234,6 +239,7 @@ impl Config {
                 limits.idle_timeout.as_secs(),
             )),
         };
+        let max_tasks_per_user = positive("MAX_TASKS_PER_USER", 10_000) as i64;
         let retention = Retention::default();
         let retention = Retention {
             tombstones: std::time::Duration::from_secs(positive(
@@ -271,6 +277,7 @@ impl Config {
             rate_limits,
             connections,
             retention,
+            max_tasks_per_user,
         })
     }
 

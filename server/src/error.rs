@@ -101,6 +101,9 @@ impl ApiError {
                  response",
         retry_after_secs: Some(1),
     };
+    /// `MAX_TASKS_PER_USER`: the caller holds as many tasks as allowed.
+    pub const TASK_LIMIT_REACHED: ApiError =
+        ApiError::Conflict { detail: "task limit reached", retry_after_secs: None };
     /// A change-log cursor that can no longer be served.
     pub const CURSOR_GONE: ApiError = ApiError::Gone(
         "this cursor is older than the deletions kept (or not of this database): start over \
@@ -242,6 +245,7 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable
             }
             StoreError::KeyTaken => ApiError::IDEMPOTENCY_KEY_IN_FLIGHT,
+            StoreError::TaskLimitReached => ApiError::TASK_LIMIT_REACHED,
             StoreError::Internal(err) => {
                 tracing::error!(error = ?err, "store error");
                 ApiError::Internal
@@ -277,8 +281,8 @@ impl ApiResponse for ApiError {
 /// How the OpenAPI document describes one error status.
 pub struct ErrorDoc {
     pub description: String,
-    /// Headers sent with it: name and description.
-    pub headers: Vec<(&'static str, &'static str)>,
+    /// Headers sent with it: name, description, and whether it is always sent.
+    pub headers: Vec<(&'static str, &'static str, bool)>,
     /// A body this server really sends with that status.
     pub example: serde_json::Value,
 }
@@ -306,7 +310,9 @@ impl ApiError {
             409 => (
                 ApiError::IDEMPOTENCY_KEY_IN_FLIGHT,
                 "A request with the same `Idempotency-Key` is still running; `Retry-After` says \
-                 when to ask again (the first request's response comes back then)."
+                 when to ask again (the first request's response comes back then). On create, \
+                 also: the caller holds `MAX_TASKS_PER_USER` tasks already (\"task limit \
+                 reached\", no `Retry-After`); nothing was created."
                     .into(),
             ),
             410 => (
@@ -352,8 +358,11 @@ impl ApiError {
             other => panic!("no documentation for error status {other}"),
         };
         let headers = match status {
-            401 => vec![("WWW-Authenticate", "The bearer challenge (RFC 6750).")],
-            409 | 429 | 503 => vec![("Retry-After", "Seconds to wait before retrying.")],
+            401 => vec![("WWW-Authenticate", "The bearer challenge (RFC 6750).", true)],
+            409 => {
+                vec![("Retry-After", "Seconds to wait before retrying (a key in flight).", false)]
+            }
+            429 | 503 => vec![("Retry-After", "Seconds to wait before retrying.", true)],
             _ => vec![],
         };
         let example =

@@ -50,6 +50,7 @@ impl AppState {
         let options = ConnectOptions {
             statement_cache_capacity: config.statement_cache_capacity,
             retention: config.retention,
+            max_tasks_per_user: config.max_tasks_per_user,
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
@@ -95,8 +96,10 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
     }
     let cors_origins = &options.cors_origins;
     routes
-        .around(http::limit_body)
+        // Inside the body limit: a 400 for a header goes out once the body has been read,
+        // never under a client that is still sending it.
         .around(http::strict_headers)
+        .around(http::limit_body)
         .data(state)
         // Inside CORS, so that error responses carry CORS headers too.
         .catch_all_error(error::problem_response)

@@ -8,7 +8,8 @@
 //! - `auth_rejected_tokens_total` by `reason` (`missing`, `expired`, `invalid`);
 //! - `unavailable_responses_total` (503s) by `cause` (`database`, `key_set`);
 //! - `db_pool_connections` and `db_pool_idle_connections`, read at each scrape;
-//! - `jwks_fetches_total` by `outcome` (`ok`, `error`).
+//! - `jwks_fetches_total` by `outcome` (`ok`, `error`);
+//! - `refused_connections_total` by `reason` (`address_cap`, `http2`).
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -104,4 +105,10 @@ pub fn unavailable(cause: &'static str) {
 pub fn jwks_fetch(succeeded: bool) {
     let outcome = if succeeded { "ok" } else { "error" };
     ::metrics::counter!("jwks_fetches_total", "outcome" => outcome).increment(1);
+}
+
+/// A connection closed before it was served: `address_cap` (its address had
+/// `MAX_CONNECTIONS_PER_ADDRESS` open) or `http2` (it opened with the HTTP/2 preface).
+pub fn refused_connection(reason: &'static str) {
+    ::metrics::counter!("refused_connections_total", "reason" => reason).increment(1);
 }

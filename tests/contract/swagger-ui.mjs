@@ -46,11 +46,14 @@ page.on("request", (request) => {
 async function tryItOut(operationId, tag, edit) {
   const operation = page.locator(`#operations-${tag}-${operationId}`);
   await operation.locator(".opblock-summary").first().click();
-  // A second run finds the operation still in "try it out" mode, with the last response shown.
-  const tryOut = operation.locator("button.try-out__btn", { hasText: "Try it out" });
-  if ((await tryOut.count()) > 0) {
+  // A second run finds the operation still in "try it out" mode (its button says "Cancel"),
+  // with the last response shown.
+  const tryOut = operation.locator("button.try-out__btn").first();
+  await tryOut.waitFor();
+  if ((await tryOut.innerText()).trim() === "Try it out") {
     await tryOut.click();
   }
+  await operation.locator("button.execute").waitFor();
   const clear = operation.locator("button.btn-clear");
   if ((await clear.count()) > 0) {
     await clear.click();

@@ -5,8 +5,10 @@
 //! OpenAPI 3.0 schemas are not quite JSON Schema, so they are translated for the validator
 //! (`jsonschema`, draft 2020-12): `nullable: true` becomes a `null` alternative, and objects
 //! refuse properties the document does not list, so that an undocumented field is caught too.
-//! Requests that are no operation of the document (`/docs`, an unknown route, a method a path
-//! does not have, CORS preflights) are not checked here; the API tests cover those.
+//! A request that is no operation of the document (an unknown route, a method a path does not
+//! have, a CORS preflight, `HEAD`) is reported as such: the harness fails the test unless it
+//! said it expects them (or it is `/docs`, `/openapi.json` or `/metrics`, which the document
+//! does not describe on purpose).
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -69,7 +71,7 @@ impl Contract {
         Ok(Self { operations })
     }
 
-    /// Checks one response to `method path`; `Ok` also when the request is no operation.
+    /// Checks one response to `method path`; `Ok(false)` when the request is no operation.
     pub fn check(
         &self,
         method: &str,
@@ -77,8 +79,8 @@ impl Contract {
         status: u16,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(), String> {
-        let Some(operation) = self.operation(method, path) else { return Ok(()) };
+    ) -> Result<bool, String> {
+        let Some(operation) = self.operation(method, path) else { return Ok(false) };
         let id = &operation.id;
         let declared = operation
             .responses
@@ -92,7 +94,7 @@ impl Contract {
         }
         if declared.content.is_empty() {
             return match body.is_empty() {
-                true => Ok(()),
+                true => Ok(true),
                 false => Err(format!("{id} {status}: a body where none is declared")),
             };
         }
@@ -111,25 +113,30 @@ impl Contract {
             .map(|e| format!("{} at {}", e, e.instance_path()))
             .collect();
         match errors.is_empty() {
-            true => Ok(()),
+            true => Ok(true),
             false => Err(format!("{id} {status}: the body breaks the schema: {errors:?}: {body}")),
         }
     }
 
-    /// The operation `method path` is, preferring literal segments to parameters (so that
-    /// `/api/tasks/tasks` is the task `tasks`, as the router sees it).
+    /// The operation `method path` is, routed as poem routes: the path first, preferring
+    /// literal segments to parameters (so that `/api/tasks/tasks` is the task `tasks`), then the
+    /// method (so that `PUT /api/tasks/changes` is a 405 of the `changes` path, not an update).
     fn operation(&self, method: &str, path: &str) -> Option<&Operation> {
         let segments: Vec<&str> = path.split('/').skip(1).collect();
-        self.operations
+        let literals = |op: &Operation| op.segments.iter().map(Option::is_some).collect::<Vec<_>>();
+        let matching: Vec<&Operation> = self
+            .operations
             .iter()
-            .filter(|op| op.method == method && op.segments.len() == segments.len())
+            .filter(|op| op.segments.len() == segments.len())
             .filter(|op| {
                 op.segments.iter().zip(&segments).all(|(template, segment)| match template {
                     Some(literal) => literal == segment,
                     None => !segment.is_empty(),
                 })
             })
-            .max_by_key(|op| op.segments.iter().map(|s| s.is_some()).collect::<Vec<_>>())
+            .collect();
+        let route = matching.iter().map(|op| literals(op)).max()?;
+        matching.into_iter().find(|op| literals(op) == route && op.method == method)
     }
 }
 
@@ -196,7 +203,7 @@ mod tests {
                "created_at": "2026-01-09T10:00:00.123456Z", "updated_at": "2026-01-09T10:00:00.123456Z"})
     }
 
-    fn check(status: u16, headers: &HeaderMap, body: &serde_json::Value) -> Result<(), String> {
+    fn check(status: u16, headers: &HeaderMap, body: &serde_json::Value) -> Result<bool, String> {
         let body = serde_json::to_vec(body).unwrap();
         Contract::get().check("GET", "/api/tasks/1", status, headers, &body)
     }
@@ -204,11 +211,18 @@ mod tests {
     #[test]
     fn accepts_what_the_document_declares() {
         let ok = headers(&[("content-type", "application/json; charset=utf-8"), ("etag", "\"1\"")]);
-        check(200, &ok, &task()).unwrap();
+        assert!(check(200, &ok, &task()).unwrap());
         let problem = json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": "task not found"});
         check(404, &headers(&[("content-type", "application/problem+json")]), &problem).unwrap();
-        // No operation: not checked here.
-        Contract::get().check("GET", "/docs", 200, &HeaderMap::new(), b"<html>").unwrap();
+        // No operation: said so.
+        let docs = Contract::get().check("GET", "/docs", 200, &HeaderMap::new(), b"<html>");
+        assert!(!docs.unwrap());
+        let head = Contract::get().check("HEAD", "/api/tasks", 200, &HeaderMap::new(), b"");
+        assert!(!head.unwrap());
+        let slash = Contract::get().check("GET", "/api/tasks/", 404, &HeaderMap::new(), b"");
+        assert!(!slash.unwrap(), "a trailing slash is no operation");
+        let put = Contract::get().check("PUT", "/api/tasks/changes", 405, &HeaderMap::new(), b"");
+        assert!(!put.unwrap(), "routed by path first: the feed's path has no PUT");
     }
 
     #[test]

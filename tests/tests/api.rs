@@ -672,6 +672,8 @@ async fn user_path_style_serves_every_operation(backend: Backend) {
 
 async fn foreign_user_path_is_403_before_anything_is_read(backend: Backend) {
     let server = TestServer::start(backend).await;
+    // Every method on every path shape, the ones the document does not have included (405s).
+    server.expect_undeclared_requests();
     let victim = server.client("user456");
     let task = create(&victim, "victim's").await;
     let attacker = server.client("user123");
@@ -992,6 +994,8 @@ async fn subject_claims_and_issuer_audience_rules(backend: Backend) {
 
 async fn framework_errors_are_problems(backend: Backend) {
     let server = TestServer::start(backend).await;
+    // Unknown routes and methods are the point.
+    server.expect_undeclared_requests();
     let client = server.client("alice");
     let task = create(&client, "keep").await;
     let raw = server.raw();
@@ -1194,6 +1198,8 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         Options { cors_origins: vec![frontend.into()], ..Options::default() },
     )
     .await;
+    // Preflights (OPTIONS) are no operation of the document.
+    server.expect_undeclared_requests();
     let raw = server.raw();
     let preflight = raw
         .request(Method::OPTIONS, "/api/tasks")

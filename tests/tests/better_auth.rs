@@ -3,8 +3,9 @@
 //! plugin offers, accepted by the service through its JWKS. The JWKS tests mint tokens in Rust
 //! and prove our reading of the format; this proves the format.
 //!
-//! Node is a test-only dependency: without `node` on the PATH the test says so and skips (CI
-//! installs it). The plugin's packages are pinned by `tests/better-auth/package-lock.json` and
+//! Node is a test-only dependency: without `node` on the PATH the test says so and skips on a
+//! developer's machine, and fails when `CI` is set (CI installs Node: a missing one there means
+//! the real Better Auth was never run). The plugin's packages are pinned by `tests/better-auth/package-lock.json` and
 //! installed with `npm ci` on first use.
 
 use std::{path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
@@ -24,6 +25,10 @@ const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
 
 async fn better_auth_jwt_plugin_tokens_are_accepted(backend: Backend) {
     if !node_is_installed() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but Node.js is not installed: the real Better Auth cannot run"
+        );
         eprintln!("SKIPPED: Node.js is not installed, so Better Auth cannot run (CI installs it)");
         return;
     }

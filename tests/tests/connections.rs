@@ -1,14 +1,14 @@
 //! Bounded resources per client: a client that sends a byte at a time (headers or body) is cut
-//! off within the request read timeout; a connection that says nothing is closed after the idle
-//! timeout; 2,000 idle connections and a slow client leave normal requests answered; past the
-//! connection cap, new connections wait until one closes.
+//! off within the request read timeout; a connection that says nothing is closed; 2,000 silent
+//! connections from eight addresses and a slow client leave normal requests answered; past the
+//! connection cap, new connections wait until one closes. (`hostile.rs` has the rest.)
 
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use integration_tests::{Backend, Options, TestServer, token};
+use integration_tests::{Backend, Options, TestServer, time_until_closed, token};
 use reqwest::{Method, StatusCode};
 use server::connections::ConnectionLimits;
 use tokio::{
@@ -33,17 +33,9 @@ async fn server(limits: ConnectionLimits) -> TestServer {
 /// closed the connection (or `None` if it was still open after 10 s).
 async fn trickle(address: SocketAddr, head: &str, body_bytes: usize) -> Option<Duration> {
     let stream = TcpStream::connect(address).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
     let started = Instant::now();
-    let closed = tokio::spawn(async move {
-        let mut buffer = [0u8; 1024];
-        loop {
-            match reader.read(&mut buffer).await {
-                Ok(0) | Err(_) => return started.elapsed(),
-                Ok(_) => {}
-            }
-        }
-    });
+    let closed = time_until_closed(reader, started);
     let bytes: Vec<u8> = head.bytes().chain(std::iter::repeat_n(b'x', body_bytes)).collect();
     for byte in bytes {
         if closed.is_finished() || writer.write_all(&[byte]).await.is_err() {
@@ -79,7 +71,7 @@ async fn slow_clients_are_cut_off_and_idle_ones_closed() {
     assert!(closed < READ_TIMEOUT + SLACK, "slow body cut off after {closed:?}");
     assert!(server.client("slow").list_tasks().send().await.unwrap().is_empty(), "nothing stored");
 
-    // A connection that never says anything is closed after the idle timeout.
+    // A connection that never says anything is closed.
     let mut silent = TcpStream::connect(address).await.unwrap();
     let mut buffer = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer)).await;
@@ -93,8 +85,11 @@ async fn two_thousand_idle_connections_and_a_slow_client_leave_requests_answered
     let server = server(limits).await;
     let address = address(&server);
     let mut idle = Vec::new();
-    for _ in 0..2000 {
-        idle.push(TcpStream::connect(address).await.unwrap());
+    // 250 from each of eight loopback addresses: under the per-address cap of 256.
+    for i in 0..2000usize {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2 + (i % 8) as u8], 0))).unwrap();
+        idle.push(socket.connect(address).await.unwrap());
     }
     let slow = tokio::spawn(trickle(
         address,

@@ -1,13 +1,18 @@
 //! Bad input never panics and never gets a 5xx: arbitrary bytes, invalid UTF-8, deep JSON,
-//! huge numbers, odd ids, odd queries and odd content types, thrown at every endpoint on both
-//! databases. A panic hook counts panics anywhere in the process (server included).
+//! huge numbers, odd ids, odd queries and odd content types, conditional headers and
+//! `Idempotency-Key`s, forged cursors (times out of every database's range, NULs, control
+//! characters), tokens whose subject holds a NUL or a control character, and requests over
+//! HTTP/2 (not served: they must fail to connect, and leave the server well), thrown at every
+//! endpoint on every database. A panic hook counts panics anywhere in the process (server
+//! included).
 
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
 };
 
-use integration_tests::{Backend, TestServer, token};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use integration_tests::{Backend, TestServer, sign, token};
 use proptest::{prelude::*, test_runner::TestRunner};
 use reqwest::{Method, StatusCode, header};
 
@@ -46,7 +51,7 @@ fn segments() -> impl Strategy<Value = String> {
 }
 
 fn paths() -> impl Strategy<Value = String> {
-    (0..8usize, segments(), segments()).prop_map(|(shape, a, b)| match shape {
+    (0..10usize, segments(), segments()).prop_map(|(shape, a, b)| match shape {
         0 => "/api/tasks".to_owned(),
         1 => format!("/api/tasks/{a}"),
         2 => format!("/api/tasks/{a}/complete"),
@@ -54,13 +59,46 @@ fn paths() -> impl Strategy<Value = String> {
         4 => format!("/api/{a}/tasks/{b}"),
         5 => format!("/api/{a}/tasks/{b}/complete"),
         6 => "/health".to_owned(),
+        7 => "/api/tasks/changes".to_owned(),
+        8 => format!("/api/{a}/tasks/changes"),
         _ => format!("/{a}/{b}"),
     })
+}
+
+/// What goes in a cursor: sort tags of ours and not, ids, times in and out of every database's
+/// range, titles with NULs and control characters.
+fn cursor_texts() -> impl Strategy<Value = String> {
+    let tags = prop_oneof![
+        Just("ca"),
+        Just("cd"),
+        Just("ua"),
+        Just("ud"),
+        Just("ta"),
+        Just("td"),
+        Just("zz")
+    ];
+    let values = prop_oneof![
+        Just("-300000000000000000".to_owned()),
+        Just("300000000000000000".to_owned()),
+        Just("9223372036854775807".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("1767952800123456".to_owned()),
+        Just("a\0b".to_owned()),
+        Just("\u{1}\u{7f}\u{85}".to_owned()),
+        "\\PC{0,20}",
+    ];
+    (tags, any::<i64>(), values).prop_map(|(tag, id, value)| format!("{tag}.{id}.{value}"))
 }
 
 fn queries() -> impl Strategy<Value = String> {
     prop_oneof![
         Just(String::new()),
+        cursor_texts().prop_map(|text| format!("?after={}", URL_SAFE_NO_PAD.encode(text))),
+        cursor_texts()
+            .prop_map(|text| format!("?sort=title&after={}", URL_SAFE_NO_PAD.encode(text))),
+        cursor_texts().prop_map(|text| format!("?since={}", URL_SAFE_NO_PAD.encode(text))),
+        any::<i64>().prop_map(|v| format!("?since={}", URL_SAFE_NO_PAD.encode(format!("v1.{v}")))),
+        Just("?since=%00&limit=0".to_owned()),
         Just("?limit=0".to_owned()),
         Just("?limit=-5&offset=-5".to_owned()),
         Just("?limit=18446744073709551616".to_owned()),
@@ -86,6 +124,50 @@ fn content_types() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+/// Conditional headers and `Idempotency-Key`s: tags in and out of range, weak, lists, stars,
+/// garbage, bytes that are not ASCII (obs-text), keys good and bad.
+fn headers() -> impl Strategy<Value = Vec<(&'static str, Vec<u8>)>> {
+    let tag = prop_oneof![
+        Just(b"\"-300000000000000000\"".to_vec()),
+        Just(b"\"300000000000000000\"".to_vec()),
+        Just(b"\"9223372036854775807\"".to_vec()),
+        Just(b"\"1767952800123456\"".to_vec()),
+        Just(b"W/\"1\", \"2\"".to_vec()),
+        Just(b"*".to_vec()),
+        Just(b"\"\xff\xfe\"".to_vec()),
+        Just(b"\"\t\"".to_vec()),
+        "[ -~]{0,40}".prop_map(String::into_bytes),
+    ];
+    let key = prop_oneof![
+        Just(b"8e03978e-40d5-43e8-bc93-6894a57f9324".to_vec()),
+        Just(b"\"quoted-key\"".to_vec()),
+        Just(b"".to_vec()),
+        Just(vec![b'k'; 300]),
+        Just(b"\xc3\xa9".to_vec()),
+        "[ -~]{0,40}".prop_map(String::into_bytes),
+    ];
+    let header = prop_oneof![
+        tag.clone().prop_map(|value| ("If-Match", value)),
+        tag.prop_map(|value| ("If-None-Match", value)),
+        key.prop_map(|value| ("Idempotency-Key", value)),
+    ];
+    proptest::collection::vec(header, 0..3)
+}
+
+/// Which token to send: none, a good one, or a signed one whose subject holds a NUL or a
+/// control character.
+fn tokens() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(token("fuzzer"))),
+        prop_oneof![Just("a\0b"), Just("tab\t"), Just("\u{7f}"), Just("\u{85}"), Just("new\nline")]
+            .prop_map(|subject| {
+                let now = integration_tests::now();
+                Some(sign(&serde_json::json!({"sub": subject, "iat": now, "exp": now + 600})))
+            }),
+    ]
+}
+
 fn bodies() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         Just(Vec::new()),
@@ -98,6 +180,9 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
         Just(b"{\"title\": \"\\ud800\"}".to_vec()),
         Just(b"{\"title\": \"a\", \"title\": \"b\"}".to_vec()),
         Just(b"{\"title\": \"\\u0000\"}".to_vec()),
+        Just(b"{\"title\": \"a\", \"description\": \"\\u0000\"}".to_vec()),
+        Just(b"{\"title\": \"\\u0001\\u001f\\u007f\\u0085\"}".to_vec()),
+        Just(b"{\"ti\\u0000tle\": \"x\"}".to_vec()),
         Just(b"null".to_vec()),
         Just(b"{\"title\": \"ok\"}".to_vec()),
         Just(b"{\"completed\": true}".to_vec()),
@@ -118,26 +203,51 @@ fn run(backend: Backend) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let _context = runtime.enter();
     let server = runtime.block_on(TestServer::start(backend));
+    // Random methods and paths: most are no operation of the document.
+    server.expect_undeclared_requests();
     let http = client_sdk::http_client_builder().build().unwrap();
-    let auth = token("fuzzer");
+    let http2 = client_sdk::http_client_builder().http2_prior_knowledge().build().unwrap();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: CASES,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let strategy = (methods(), paths(), queries(), content_types(), bodies(), any::<bool>());
+    let strategy = (
+        methods(),
+        paths(),
+        queries(),
+        content_types(),
+        bodies(),
+        tokens(),
+        headers(),
+        proptest::bool::weighted(0.05),
+    );
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    let refused_http2 = AtomicUsize::new(0);
     runner
-        .run(&strategy, |(method, path, query, content_type, body, authenticated)| {
+        .run(&strategy, |(method, path, query, content_type, body, bearer, extra, over_http2)| {
             let url = format!("{}{}{}", server.base_url, path, query);
-            let mut request = http.request(method.clone(), &url).body(body);
+            let client = if over_http2 { &http2 } else { &http };
+            let mut request = client.request(method.clone(), &url).body(body);
             if let Some(value) = content_type.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
                 request = request.header(header::CONTENT_TYPE, value);
             }
-            if authenticated {
-                request = request.bearer_auth(&auth);
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
             }
-            let response = match runtime.block_on(request.send()) {
+            for (name, value) in extra {
+                if let Ok(value) = header::HeaderValue::from_bytes(&value) {
+                    request = request.header(name, value);
+                }
+            }
+            let sent = runtime.block_on(request.send());
+            if over_http2 {
+                // HTTP/2 cleartext is not served: never an answer.
+                prop_assert!(sent.is_err(), "{method} {url} was answered over HTTP/2");
+                refused_http2.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            let response = match sent {
                 Ok(response) => response,
                 // reqwest refusing to build the request (a URL it cannot parse) is not the
                 // server's doing; a reset connection or a timeout is.
@@ -163,7 +273,11 @@ fn run(backend: Backend) {
     // The server is still healthy after all of it.
     let health = runtime.block_on(http.get(server.url("/health")).send()).unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    println!("{backend:?}: {CASES} requests, statuses {:?}", statuses.lock().unwrap());
+    println!(
+        "{backend:?}: {CASES} requests ({} over HTTP/2, refused), statuses {:?}",
+        refused_http2.load(Ordering::SeqCst),
+        statuses.lock().unwrap()
+    );
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic happened while fuzzing");
     drop(server);
     runtime.shutdown_background();

@@ -235,7 +235,9 @@ fn base64_cursor(version: i64) -> String {
 async fn a_cursor_past_the_purged_deletions_is_410(backend: Backend) {
     let retention =
         Retention { tombstones: Duration::from_secs(1), idempotency_keys: Duration::from_secs(60) };
-    let server = TestServer::start_with(backend, Options { retention, ..Options::default() }).await;
+    let mut options = Options::default();
+    options.connect.retention = retention;
+    let server = TestServer::start_with(backend, options).await;
     let client = server.client(&user("purge"));
     let task = create(&client, "short-lived").await;
     let before_delete = changes(&client, None).await.cursor;
@@ -575,7 +577,9 @@ async fn twenty_identical_requests_with_one_key_run_once(backend: Backend) {
 async fn an_expired_key_runs_again(backend: Backend) {
     let retention =
         Retention { tombstones: Duration::from_secs(60), idempotency_keys: Duration::from_secs(1) };
-    let server = TestServer::start_with(backend, Options { retention, ..Options::default() }).await;
+    let mut options = Options::default();
+    options.connect.retention = retention;
+    let server = TestServer::start_with(backend, options).await;
     let client = server.client(&user("expiry"));
     let key = key_of_new();
     let body = || TaskCreate::builder().title("again");

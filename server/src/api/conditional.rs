@@ -26,9 +26,10 @@ pub fn precondition(if_match: Option<&str>) -> Precondition {
     }
 }
 
+/// The time a tag of ours names; a tag naming a time the database cannot hold names no task.
 fn our_tag(tag: &str) -> Option<DateTime<Utc>> {
     let micros = tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()?;
-    DateTime::from_timestamp_micros(micros)
+    DateTime::from_timestamp_micros(micros).filter(crate::store::storable)
 }
 
 /// Whether `If-None-Match` matches the current tag (weak comparison, RFC 9110 §13.1.2): then a
@@ -67,6 +68,9 @@ mod tests {
         assert_eq!(precondition(Some("\"5\", \"7\"")), Precondition(Some(vec![at(5), at(7)])));
         assert_eq!(precondition(Some("W/\"5\"")), Precondition(Some(vec![])));
         assert_eq!(precondition(Some("\"abc\", 5")), Precondition(Some(vec![])));
+        // Times outside what the database holds match nothing (never an error).
+        assert_eq!(precondition(Some("\"-300000000000000000\"")), Precondition(Some(vec![])));
+        assert_eq!(precondition(Some("\"9223372036854775807\"")), Precondition(Some(vec![])));
     }
 
     #[test]

@@ -55,10 +55,17 @@ pub fn decode(text: &str, sort: SortKey, order: SortOrder) -> Result<Cursor, Api
         ));
     }
     let id = id.parse().map_err(|_| invalid())?;
+    // Only values a task can have: a time the database holds, a title without NUL.
     let value = match sort {
         SortKey::Created | SortKey::Updated => SortValue::Time(
-            value.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(invalid)?,
+            value
+                .parse()
+                .ok()
+                .and_then(DateTime::from_timestamp_micros)
+                .filter(crate::store::storable)
+                .ok_or_else(invalid)?,
         ),
+        SortKey::Title if value.contains('\0') => return Err(invalid()),
         SortKey::Title => SortValue::Title(value.to_owned()),
     };
     Ok(Cursor { value, id })
@@ -113,8 +120,28 @@ mod tests {
     }
 
     #[test]
+    fn a_title_with_a_nul_is_no_cursor() {
+        let text = URL_SAFE_NO_PAD.encode("ta.1.a\0b");
+        assert!(matches!(
+            decode(&text, SortKey::Title, SortOrder::Asc),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
     fn anything_else_is_a_bad_request() {
-        for text in ["", "!!", "Y2E", "Y2EuNw", "Y2EueC4x", "Y2EuNy54", &"A".repeat(2000)] {
+        let forged = |text: &str| URL_SAFE_NO_PAD.encode(text);
+        for text in [
+            "",
+            "!!",
+            "Y2E",
+            "Y2EuNw",
+            "Y2EueC4x",
+            "Y2EuNy54",
+            &"A".repeat(2000),
+            &forged("ca.1.-300000000000000000"),
+            &forged("ca.1.300000000000000000"),
+        ] {
             assert!(
                 matches!(
                     decode(text, SortKey::Created, SortOrder::Asc),

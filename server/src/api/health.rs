@@ -4,8 +4,15 @@
 //! - `GET /health/live`: the process serves (no database call): restart it if not;
 //! - `GET /health/ready`: the database answers and, in JWKS mode, a key set has loaded: send it
 //!   traffic only then.
+//!
+//! The database's answer is kept for a second and shared by every probe in that second (one
+//! refresh at a time, the others wait for it): a flood of probes costs one query a second, not
+//! one per probe, and cannot take the pool's connections from the requests.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, payload::Json};
@@ -14,6 +21,8 @@ use super::ApiTags;
 use crate::AppState;
 
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one database check answers for.
+const CHECK_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The service's health.
 #[derive(Debug, Object)]
@@ -105,7 +114,46 @@ pub enum ReadyResponse {
     ),
 }
 
-pub struct HealthApi;
+#[derive(Default)]
+pub struct HealthApi {
+    database: Arc<DatabaseCheck>,
+}
+
+/// The last database check, and a turn to refresh it.
+#[derive(Default)]
+struct DatabaseCheck {
+    last: Mutex<Option<(Instant, DatabaseStatus)>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl DatabaseCheck {
+    fn fresh(&self) -> Option<DatabaseStatus> {
+        let last = *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.filter(|(at, _)| at.elapsed() < CHECK_MAX_AGE).map(|(_, status)| status)
+    }
+
+    /// The database's status at most [`CHECK_MAX_AGE`] ago: a bounded `SELECT 1`.
+    async fn status(&self, state: &AppState) -> DatabaseStatus {
+        if let Some(status) = self.fresh() {
+            return status;
+        }
+        let _turn = self.refresh.lock().await;
+        // Whoever held the turn may have just refreshed it.
+        if let Some(status) = self.fresh() {
+            return status;
+        }
+        let status = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
+            Ok(Ok(())) => DatabaseStatus::Ok,
+            outcome => {
+                tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
+                DatabaseStatus::Unreachable
+            }
+        };
+        *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((Instant::now(), status));
+        status
+    }
+}
 
 #[OpenApi]
 impl HealthApi {
@@ -123,7 +171,7 @@ impl HealthApi {
     /// Better Auth's key set has loaded; else 503 with the same body as `/health`.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready", tag = "ApiTags::Health")]
     async fn ready(&self, state: Data<&AppState>) -> ReadyResponse {
-        let health = check(&state).await;
+        let health = self.check(&state).await;
         match health.status {
             HealthStatus::Healthy => ReadyResponse::Ready(Json(health)),
             _ => ReadyResponse::NotReady(Json(health), crate::error::RETRY_AFTER_SECS.into()),
@@ -137,7 +185,7 @@ impl HealthApi {
     /// is `degraded` (still 200).
     #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
-        let health = check(&state).await;
+        let health = self.check(&state).await;
         match health.database {
             DatabaseStatus::Ok => HealthResponse::Healthy(Json(health)),
             DatabaseStatus::Unreachable => {
@@ -147,19 +195,20 @@ impl HealthApi {
     }
 }
 
-/// The database (a bounded `SELECT 1`) and, in JWKS mode, the key set.
-async fn check(state: &AppState) -> Health {
-    let jwks = state.verifier.key_set_loaded().map(|loaded| match loaded {
-        true => JwksStatus::Ok,
-        false => JwksStatus::Unavailable,
-    });
-    let database = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => DatabaseStatus::Ok,
-        outcome => {
-            tracing::warn!(timed_out = outcome.is_err(), "health check: database unreachable");
-            DatabaseStatus::Unreachable
-        }
-    };
+impl HealthApi {
+    /// The database (a bounded `SELECT 1`, at most a second old) and, in JWKS mode, the key set
+    /// (always current: it costs nothing to ask).
+    async fn check(&self, state: &AppState) -> Health {
+        let jwks = state.verifier.key_set_loaded().map(|loaded| match loaded {
+            true => JwksStatus::Ok,
+            false => JwksStatus::Unavailable,
+        });
+        let database = self.database.status(state).await;
+        health(database, jwks)
+    }
+}
+
+fn health(database: DatabaseStatus, jwks: Option<JwksStatus>) -> Health {
     let status = match (database, jwks) {
         (DatabaseStatus::Unreachable, _) => HealthStatus::Unhealthy,
         (DatabaseStatus::Ok, Some(JwksStatus::Unavailable)) => HealthStatus::Degraded,

@@ -45,7 +45,7 @@ cursor, so a second device or an offline copy stays exact without downloading th
 /// The API definition, the single source of `openapi.json`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (tasks::TasksApi, tasks::UserTasksApi, health::HealthApi),
+        (tasks::TasksApi, tasks::UserTasksApi, health::HealthApi::default()),
         "Task API",
         env!("CARGO_PKG_VERSION"),
     )

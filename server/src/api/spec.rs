@@ -53,14 +53,15 @@ pub fn publish(generated: &str) -> Value {
         }
     });
     task_schemas(&mut doc["components"]["schemas"]);
-    // One schema for every operation's key, so that generated clients have one key type.
+    // One schema for every operation's key, so that generated clients have one key type. No
+    // `example`: Swagger UI would fill it in, and every try-out would send the same key.
     doc["components"]["schemas"]["IdempotencyKey"] = json!({
         "type": "string",
         "description": "An `Idempotency-Key`: 1 to 255 characters of `A-Z a-z 0-9 - _ . : ~`, \
-                        bare or in double quotes.",
+                        bare or in double quotes; a new one per user action, e.g. a UUID \
+                        (`8e03978e-40d5-43e8-bc93-6894a57f9324`).",
         "maxLength": MAX_KEY_CHARS + 2,
         "pattern": format!("^\"?[A-Za-z0-9._:~-]{{1,{MAX_KEY_CHARS}}}\"?$"),
-        "example": "8e03978e-40d5-43e8-bc93-6894a57f9324",
     });
     flatten_tagged_unions(&mut doc["components"]["schemas"]);
     let paths = doc["paths"].as_object_mut().expect("paths");
@@ -116,9 +117,8 @@ fn task_operation(path: &str, operation: &mut Value) {
         let headers: Map<String, Value> = doc
             .headers
             .iter()
-            .map(|(name, description)| {
-                let header =
-                    json!({"description": description, "required": true, "schema": {"type": "string"}});
+            .map(|(name, description, required)| {
+                let header = json!({"description": description, "required": required, "schema": {"type": "string"}});
                 ((*name).to_owned(), header)
             })
             .collect();
@@ -268,6 +268,23 @@ mod tests {
         assert_eq!(limit.unwrap()["schema"]["maximum"], LIST_LIMIT_MAX as f64);
         let too_large = &doc["paths"]["/api/tasks"]["post"]["responses"]["413"]["description"];
         assert!(too_large.as_str().unwrap().contains(&MAX_BODY_BYTES.to_string()));
+    }
+
+    /// Swagger UI fills a parameter's example into its field: a key with one would be sent by
+    /// every try-out, the same key for different requests.
+    #[test]
+    fn the_idempotency_key_has_no_example() {
+        let doc = document();
+        let key = &doc["components"]["schemas"]["IdempotencyKey"];
+        assert!(key.is_object() && key.get("example").is_none());
+        let header = doc["paths"]["/api/tasks"]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "Idempotency-Key")
+            .cloned()
+            .unwrap();
+        assert!(header.get("example").is_none() && header["schema"].get("example").is_none());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::{
     conditional::{etag, none_match, precondition, written},
     cursor,
     idempotency::{self, Begun, Keyed, Operation},
-    payload::JsonBody,
+    payload::{JsonBody, TaskArray},
     security::{BearerAuth, Caller, UserPathBearerAuth},
     types::{
         DeletedResponse, GetTaskResponse, JsonObject, Limit, Offset, OrderParam, SortParam,
@@ -355,8 +355,16 @@ async fn list(
 ) -> Result<TaskListResponse, ApiError> {
     let page = state.store.list(&caller.user_id, &query).await?;
     let next = page.next.as_ref().map(|next| cursor::next_link(req.uri().path(), &query, next));
-    let tasks = page.tasks.into_iter().map(Into::into).collect();
-    Ok(TaskListResponse::Ok(JsonBody(tasks), page.total, next))
+    let tasks = match page.ids {
+        Some(ids) => TaskArray::Streamed {
+            store: state.store.clone(),
+            owner: caller.user_id.clone(),
+            ids,
+            status: query.status,
+        },
+        None => TaskArray::Whole(page.tasks.into_iter().map(Into::into).collect()),
+    };
+    Ok(TaskListResponse::Ok(tasks, page.total, next))
 }
 
 /// Each write: its key looked at, its writes run, its outcome kept ([`idempotency`]).

@@ -12,7 +12,7 @@ use poem_openapi::{
 };
 use serde_json::Value;
 
-use super::payload::JsonBody;
+use super::payload::{JsonBody, TaskArray};
 use crate::{limits::LIST_LIMIT_MAX, store};
 
 /// A task as the API returns it.
@@ -336,7 +336,7 @@ pub enum TaskListResponse {
     /// The caller's tasks, as a plain array.
     #[oai(status = 200)]
     Ok(
-        JsonBody<Vec<TaskView>>,
+        TaskArray,
         /// Tasks matching `status`, before `limit`, `offset` and `after`.
         #[oai(header = "X-Total-Count")]
         i64,

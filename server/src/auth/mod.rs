@@ -159,7 +159,8 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// The subject: `sub`, else `id`, else `user_id`; a non-empty string of bounded length.
+/// The subject: `sub`, else `id`, else `user_id`; 1 to 255 characters, none of them a control
+/// character (a NUL cannot even be stored by PostgreSQL).
 /// Also rejects an `iat` in the future (beyond the leeway), which the library does not check.
 fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError> {
     if let Some(iat) = claims.get("iat") {
@@ -174,11 +175,15 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError>
         .find_map(|name| claims.get(*name).filter(|value| !value.is_null()))
         .ok_or_else(|| AuthError::Invalid("no sub, id or user_id claim".into()))?;
     match claim.as_str() {
-        Some(subject) if !subject.is_empty() && subject.chars().count() <= MAX_SUBJECT_CHARS => {
+        Some(subject)
+            if !subject.is_empty()
+                && subject.chars().count() <= MAX_SUBJECT_CHARS
+                && !subject.chars().any(char::is_control) =>
+        {
             Ok(subject.to_owned())
         }
         _ => Err(AuthError::Invalid(format!(
-            "subject is not a non-empty string of at most {MAX_SUBJECT_CHARS} characters"
+            "subject is not 1 to {MAX_SUBJECT_CHARS} characters without control characters"
         ))),
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     Claim, Feed, IdempotencyKey, ListQuery, NewTask, Page, PoolStatus, Precondition, Purged,
-    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written,
+    StatusFilter, StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written,
 };
 
 pub struct Deadline {
@@ -36,6 +36,15 @@ impl TaskStore for Deadline {
 
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
         bounded(self.limit, self.inner.get(owner, id)).await
+    }
+
+    async fn tasks_by_id(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        status: StatusFilter,
+    ) -> StoreResult<Vec<Task>> {
+        bounded(self.limit, self.inner.tasks_by_id(owner, ids, status)).await
     }
 
     async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed> {

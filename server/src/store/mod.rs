@@ -9,12 +9,20 @@ mod sqlite;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Utc};
 use sqlx::QueryBuilder;
 
 use deadline::Deadline;
 use postgres::PostgresStore;
 use sqlite::SqliteStore;
+
+/// Whether both databases can hold `time`: the years 1 to 9999 (RFC 3339's range; PostgreSQL's
+/// `timestamptz` and SQLite's microseconds hold more). A time from a client outside it (in a
+/// forged `If-Match` or cursor) is never one this service wrote, and PostgreSQL would refuse it
+/// with an error rather than a non-match.
+pub fn storable(time: &DateTime<Utc>) -> bool {
+    (1..=9999).contains(&time.year())
+}
 
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -129,7 +137,14 @@ pub struct Page {
     pub total: i64,
     /// Where the next page starts, when a `limit` left tasks after this page.
     pub next: Option<Cursor>,
+    /// A listing without `limit` of more than [`WHOLE_LIST_MAX`] tasks comes back as the ids of
+    /// every matching task, in order (`tasks` is empty), to be read in chunks with
+    /// [`TaskStore::tasks_by_id`]: memory stays bounded however long the list.
+    pub ids: Option<Vec<i64>>,
 }
+
+/// The most tasks a listing without `limit` returns in one piece; a longer one comes as ids.
+pub const WHOLE_LIST_MAX: i64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -140,6 +155,9 @@ pub enum StoreError {
     /// request with it committed first (its writes are rolled back; retrying replays the other).
     #[error("the idempotency key was taken by a concurrent request")]
     KeyTaken,
+    /// The owner holds `max_tasks_per_user` tasks already: nothing was created.
+    #[error("task limit reached")]
+    TaskLimitReached,
     /// Anything else: a bug or a broken invariant.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -184,6 +202,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait TaskStore: Send + Sync + 'static {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page>;
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
+    /// Those of `ids` that are the owner's and still match `status`, in any order.
+    async fn tasks_by_id(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        status: StatusFilter,
+    ) -> StoreResult<Vec<Task>>;
     /// The owner's change log after the version `since`, in commit order, at most `limit`
     /// changes, each task once in its latest state. Without `since`: every live task (a full
     /// sync needs no deletions). [`Feed::Gone`] when `since` can no longer be served: a deletion
@@ -254,6 +279,8 @@ pub trait TaskStore: Send + Sync + 'static {
 /// them in one transaction that [`commit`](Writes::commit) ends.
 #[async_trait]
 pub trait Writes: Send {
+    /// Creates the task unless the owner holds `max_tasks_per_user` already
+    /// ([`StoreError::TaskLimitReached`]); the count and the insert are one atomic step.
     async fn create(&mut self, task: &NewTask) -> StoreResult<Task>;
     /// Applies `patch` in one statement; `updated_at` strictly moves forward.
     async fn update(
@@ -369,6 +396,8 @@ pub struct ConnectOptions {
     /// Prepared statements cached per PostgreSQL connection; 0 for poolers without support.
     pub statement_cache_capacity: usize,
     pub retention: Retention,
+    /// `MAX_TASKS_PER_USER`: one more create is refused.
+    pub max_tasks_per_user: i64,
 }
 
 impl Default for ConnectOptions {
@@ -380,6 +409,7 @@ impl Default for ConnectOptions {
             max_connections: 10,
             statement_cache_capacity: 100,
             retention: Retention::default(),
+            max_tasks_per_user: 10_000,
         }
     }
 }
@@ -536,10 +566,56 @@ impl ListQuery {
         self.limit.is_some() || self.offset > 0 || self.after.is_some()
     }
 
-    /// Rows to fetch: one more than `limit`, to learn whether a next page exists.
-    fn fetch_limit(&self) -> Option<i64> {
-        self.limit.map(|limit| limit + 1)
+    /// Rows to fetch: one more than `limit` (or than [`WHOLE_LIST_MAX`] without one), to learn
+    /// whether more follow.
+    fn fetch_limit(&self) -> i64 {
+        self.limit.unwrap_or(WHOLE_LIST_MAX) + 1
     }
+}
+
+/// The page a listing's rows make (`count` answers a paged listing's total when no row came
+/// back, `ids` a long listing without `limit`).
+async fn into_page<C, I>(
+    query: &ListQuery,
+    mut tasks: Vec<Task>,
+    first_total: Option<i64>,
+    count: impl FnOnce() -> C,
+    ids: impl FnOnce() -> I,
+) -> StoreResult<Page>
+where
+    C: std::future::Future<Output = StoreResult<i64>>,
+    I: std::future::Future<Output = StoreResult<Vec<i64>>>,
+{
+    if !query.is_paged() {
+        if tasks.len() as i64 <= WHOLE_LIST_MAX {
+            return Ok(Page { total: tasks.len() as i64, tasks, next: None, ids: None });
+        }
+        let ids = ids().await?;
+        return Ok(Page { tasks: Vec::new(), total: ids.len() as i64, next: None, ids: Some(ids) });
+    }
+    // Each row carries the stored total; a page past the end (by `offset` or `after`) has no
+    // row, and so `count` is asked.
+    let total = match first_total {
+        Some(total) => total,
+        None if query.offset > 0 || query.after.is_some() => count().await?,
+        None => 0,
+    };
+    let next = split_page(query, &mut tasks);
+    Ok(Page { tasks, total, next, ids: None })
+}
+
+/// `SELECT id` of every task of the owner's listing, in its order (from `status`, `sort` and
+/// `order`; not paged).
+fn ids_statement<DB: sqlx::Database>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql = QueryBuilder::new("SELECT id FROM tasks WHERE user_id = ");
+    sql.push_bind(owner)
+        .push(status_condition(query.status))
+        .push(order_by(query.sort, query.order));
+    sql
 }
 
 /// The start of a listing's statement, up to the owner's value. When paging, each row carries
@@ -588,26 +664,6 @@ fn push_stored_count<DB: sqlx::Database>(
     };
     sql.push("COALESCE((SELECT ").push(count).push(" FROM task_counts WHERE user_id = ");
     sql.push_bind(owner).push("), 0)");
-}
-
-/// A listing's total, from the rows that came back (`total` is the count each row carries).
-/// A page past the end (by `offset` or `after`) returns no rows, and so no count either:
-/// `count` is asked.
-async fn list_total<F>(
-    query: &ListQuery,
-    rows: usize,
-    first_total: Option<i64>,
-    count: impl FnOnce() -> F,
-) -> StoreResult<i64>
-where
-    F: std::future::Future<Output = StoreResult<i64>>,
-{
-    Ok(match first_total {
-        _ if !query.is_paged() => rows as i64,
-        Some(total) => total,
-        None if query.offset > 0 || query.after.is_some() => count().await?,
-        None => 0,
-    })
 }
 
 /// Drops the extra task fetched by [`ListQuery::fetch_limit`], if it came, and says where the

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    FromRow, PgConnection, PgPool, Postgres,
+    FromRow, PgConnection, PgPool, Postgres, QueryBuilder,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -23,7 +23,7 @@ use super::{
     Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
     PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
     StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
-    assemble_feed, count_statement, kept_claim, list_start, list_total, order_by, split_page,
+    assemble_feed, count_statement, ids_statement, into_page, kept_claim, list_start, order_by,
     status_condition, wait_until_reachable, written,
 };
 
@@ -32,6 +32,7 @@ pub struct PostgresStore {
     /// Named prepared statements may be used (`DATABASE_STATEMENT_CACHE` is not 0).
     prepared: bool,
     retention: Retention,
+    max_tasks_per_user: i64,
 }
 
 #[derive(FromRow)]
@@ -66,6 +67,7 @@ impl PostgresStore {
             pool,
             prepared: options.statement_cache_capacity > 0,
             retention: options.retention,
+            max_tasks_per_user: options.max_tasks_per_user,
         })
     }
 
@@ -181,9 +183,7 @@ impl TaskStore for PostgresStore {
             sql.push(", ").push_bind(after.id).push(")");
         }
         sql.push(order_by(query.sort, query.order));
-        if let Some(limit) = query.fetch_limit() {
-            sql.push(" LIMIT ").push_bind(limit);
-        }
+        sql.push(" LIMIT ").push_bind(query.fetch_limit());
         if query.offset > 0 {
             sql.push(" OFFSET ").push_bind(query.offset);
         }
@@ -191,11 +191,36 @@ impl TaskStore for PostgresStore {
             .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
             .await?;
         let first_total = rows.first().map(|row| row.total);
-        let total =
-            list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
-        let mut tasks: Vec<Task> = rows.into_iter().map(|row| row.task).collect();
-        let next = split_page(query, &mut tasks);
-        Ok(Page { tasks, total, next })
+        let tasks: Vec<Task> = rows.into_iter().map(|row| row.task).collect();
+        into_page(
+            query,
+            tasks,
+            first_total,
+            || self.count(owner, query.status),
+            || {
+                let mut sql = ids_statement::<Postgres>(owner, query);
+                self.call(async move |db| {
+                    sql.build_query_scalar().persistent(self.prepared).fetch_all(db).await
+                })
+            },
+        )
+        .await
+    }
+
+    async fn tasks_by_id(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        status: StatusFilter,
+    ) -> StoreResult<Vec<Task>> {
+        let mut sql = QueryBuilder::<Postgres>::new(
+            "SELECT id, user_id, title, description, completed, created_at, updated_at \
+             FROM tasks WHERE user_id = ",
+        );
+        sql.push_bind(owner).push(" AND id = ANY(").push_bind(ids).push(")");
+        sql.push(status_condition(status));
+        self.call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
+            .await
     }
 
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
@@ -226,7 +251,13 @@ impl TaskStore for PostgresStore {
         } else {
             Connection::Transaction(self.pool.begin().await?)
         };
-        Ok(Box::new(PgWrites { db, owner: owner.to_owned(), prepared: self.prepared, key: None }))
+        Ok(Box::new(PgWrites {
+            db,
+            owner: owner.to_owned(),
+            prepared: self.prepared,
+            max_tasks: self.max_tasks_per_user,
+            key: None,
+        }))
     }
 
     async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim> {
@@ -264,6 +295,7 @@ impl TaskStore for PostgresStore {
             db: Connection::Transaction(transaction),
             owner: owner.to_owned(),
             prepared: self.prepared,
+            max_tasks: self.max_tasks_per_user,
             key: Some((key.clone(), self.retention.idempotency_keys)),
         })))
     }
@@ -337,6 +369,7 @@ struct PgWrites {
     db: Connection<Postgres>,
     owner: String,
     prepared: bool,
+    max_tasks: i64,
     /// The idempotency key this transaction holds, and how long to keep its response.
     key: Option<(IdempotencyKey, std::time::Duration)>,
 }
@@ -350,18 +383,28 @@ impl PgWrites {
 #[async_trait]
 impl Writes for PgWrites {
     async fn create(&mut self, task: &NewTask) -> StoreResult<Task> {
-        Ok(sqlx::query_as(
-            "INSERT INTO tasks (user_id, title, description, completed) \
-             VALUES ($1, $2, $3, $4) \
+        // The owner's row is taken first (created if need be, so that a brand-new owner's first
+        // creates take turns too), and the count read under that lock: exact under any
+        // concurrency. The trigger then counts the new task on the same row.
+        let created = sqlx::query_as(
+            "WITH owner AS ( \
+                 INSERT INTO task_counts AS counts (user_id, total, completed, version) \
+                 VALUES ($1, 0, 0, 0) \
+                 ON CONFLICT (user_id) DO UPDATE SET total = counts.total \
+                 RETURNING total) \
+             INSERT INTO tasks (user_id, title, description, completed) \
+             SELECT $1, $2, $3, $4 FROM owner WHERE owner.total < $5 \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(&self.owner)
         .bind(&task.title)
         .bind(&task.description)
         .bind(task.completed)
+        .bind(self.max_tasks)
         .persistent(self.prepared)
-        .fetch_one(self.db.get())
-        .await?)
+        .fetch_optional(self.db.get())
+        .await?;
+        created.ok_or(StoreError::TaskLimitReached)
     }
 
     async fn update(
@@ -431,7 +474,7 @@ impl Writes for PgWrites {
     }
 
     async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()> {
-        let PgWrites { db, owner, prepared, key } = *self;
+        let PgWrites { db, owner, prepared, key, .. } = *self;
         let Connection::Transaction(mut transaction) = db else { return Ok(()) };
         if let Some((key, ttl)) = key {
             let response = kept.ok_or_else(|| anyhow::anyhow!("a keyed write kept no response"))?;

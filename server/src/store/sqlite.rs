@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    FromRow, Sqlite, SqliteConnection, SqlitePool,
+    FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -25,13 +25,14 @@ use super::{
     Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
     PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
     StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
-    assemble_feed, count_statement, kept_claim, list_start, list_total, order_by, split_page,
+    assemble_feed, count_statement, ids_statement, into_page, kept_claim, list_start, order_by,
     status_condition, wait_until_reachable, written,
 };
 
 pub struct SqliteStore {
     pool: SqlitePool,
     retention: Retention,
+    max_tasks_per_user: i64,
     /// Whose turn it is to write (see the module documentation).
     write_turn: Arc<Mutex<()>>,
 }
@@ -122,7 +123,12 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying SQLite migrations failed")?;
-        Ok(Self { pool, retention: options.retention, write_turn: Arc::default() })
+        Ok(Self {
+            pool,
+            retention: options.retention,
+            max_tasks_per_user: options.max_tasks_per_user,
+            write_turn: Arc::default(),
+        })
     }
 
     async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
@@ -161,19 +167,43 @@ impl TaskStore for SqliteStore {
             sql.push(", ").push_bind(after.id).push(")");
         }
         sql.push(order_by(query.sort, query.order));
-        if query.is_paged() {
-            // SQLite needs a LIMIT before an OFFSET; -1 means "no limit".
-            sql.push(" LIMIT ").push_bind(query.fetch_limit().unwrap_or(-1));
+        sql.push(" LIMIT ").push_bind(query.fetch_limit());
+        if query.offset > 0 {
             sql.push(" OFFSET ").push_bind(query.offset);
         }
         let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         let first_total = rows.first().map(|row| row.total);
-        let total =
-            list_total(query, rows.len(), first_total, || self.count(owner, query.status)).await?;
-        let mut tasks =
+        let tasks =
             rows.into_iter().map(|row| Task::try_from(row.task)).collect::<StoreResult<_>>()?;
-        let next = split_page(query, &mut tasks);
-        Ok(Page { tasks, total, next })
+        into_page(
+            query,
+            tasks,
+            first_total,
+            || self.count(owner, query.status),
+            || async {
+                let mut sql = ids_statement::<Sqlite>(owner, query);
+                Ok(sql.build_query_scalar().fetch_all(&self.pool).await?)
+            },
+        )
+        .await
+    }
+
+    async fn tasks_by_id(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        status: StatusFilter,
+    ) -> StoreResult<Vec<Task>> {
+        // SQLite has no array parameters: the ids go as a JSON array.
+        let ids = serde_json::to_string(ids).map_err(anyhow::Error::from)?;
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT id, user_id, title, description, completed, created_at, updated_at \
+             FROM tasks WHERE user_id = ",
+        );
+        sql.push_bind(owner).push(" AND id IN (SELECT value FROM json_each(").push_bind(ids);
+        sql.push("))").push(status_condition(status));
+        let rows: Vec<TaskRow> = sql.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter().map(Task::try_from).collect()
     }
 
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
@@ -195,7 +225,13 @@ impl TaskStore for SqliteStore {
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         let turn = self.write_turn.clone().lock_owned().await;
         let db = Connection::Pooled(self.pool.acquire().await?);
-        Ok(Box::new(SqliteWrites { db, owner: owner.to_owned(), key: None, _turn: turn }))
+        Ok(Box::new(SqliteWrites {
+            db,
+            owner: owner.to_owned(),
+            max_tasks: self.max_tasks_per_user,
+            key: None,
+            _turn: turn,
+        }))
     }
 
     async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim> {
@@ -219,6 +255,7 @@ impl TaskStore for SqliteStore {
         Ok(Claim::First(Box::new(SqliteWrites {
             db: Connection::Transaction(transaction),
             owner: owner.to_owned(),
+            max_tasks: self.max_tasks_per_user,
             key: Some((key.clone(), self.retention.idempotency_keys)),
             _turn: turn,
         })))
@@ -280,6 +317,7 @@ impl TaskStore for SqliteStore {
 struct SqliteWrites {
     db: Connection<Sqlite>,
     owner: String,
+    max_tasks: i64,
     /// The idempotency key this transaction holds, and how long to keep its response.
     key: Option<(IdempotencyKey, Duration)>,
     /// Held until the writes are committed or dropped.
@@ -295,9 +333,11 @@ impl SqliteWrites {
 #[async_trait]
 impl Writes for SqliteWrites {
     async fn create(&mut self, task: &NewTask) -> StoreResult<Task> {
-        let row: TaskRow = sqlx::query_as(
+        // One writer at a time: the count read here is the count the insert lands on.
+        let row: Option<TaskRow> = sqlx::query_as(
             "INSERT INTO tasks (user_id, title, description, completed, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) \
+             SELECT $1, $2, $3, $4, $5, $5 \
+             WHERE COALESCE((SELECT total FROM task_counts WHERE user_id = $1), 0) < $6 \
              RETURNING id, user_id, title, description, completed, created_at, updated_at",
         )
         .bind(&self.owner)
@@ -305,9 +345,10 @@ impl Writes for SqliteWrites {
         .bind(&task.description)
         .bind(task.completed)
         .bind(now_micros())
-        .fetch_one(self.db.get())
+        .bind(self.max_tasks)
+        .fetch_optional(self.db.get())
         .await?;
-        row.try_into()
+        row.ok_or(StoreError::TaskLimitReached)?.try_into()
     }
 
     async fn update(
@@ -374,7 +415,7 @@ impl Writes for SqliteWrites {
     }
 
     async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()> {
-        let SqliteWrites { db, owner, key, _turn } = *self;
+        let SqliteWrites { db, owner, key, .. } = *self;
         let Connection::Transaction(mut transaction) = db else { return Ok(()) };
         if let Some((key, ttl)) = key {
             let response = kept.ok_or_else(|| anyhow::anyhow!("a keyed write kept no response"))?;

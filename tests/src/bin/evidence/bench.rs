@@ -455,6 +455,7 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
     let after = link.to_str()?.split_once("after=").context("no after= in Link")?.1;
     let after = after.split_once('>').context("a Link ends with >")?.0;
     let keyset = format!("/api/tasks?limit=50&after={after}");
+    let mut whole_list_peak = None;
     for path in [
         "/api/tasks?limit=50",
         "/api/tasks?limit=50&offset=5000",
@@ -462,7 +463,15 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
         keyset.as_str(),
         "/api/tasks",
     ] {
+        let whole = path == "/api/tasks";
+        if whole {
+            // The peak while ten clients read the whole list at once.
+            server.reset_peak_rss()?;
+        }
         let run = fixed(server, std::slice::from_ref(&token), path, duration, scratch_script()?)?;
+        if whole {
+            whole_list_peak = Some(server.peak_rss_kib()?);
+        }
         writeln!(
             report,
             "| {LARGE_USER_TASKS} tasks | `{}` | {:.0} | {:.2} | {:.2} | {:.1}× slower |",
@@ -471,6 +480,14 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
             run.p50_ms,
             run.p99_ms,
             baseline.requests_per_second / run.requests_per_second
+        )?;
+    }
+    if let Some(peak) = whole_list_peak {
+        writeln!(
+            report,
+            "\nServer peak RSS while 10 clients read the whole {LARGE_USER_TASKS}-task list at \
+             once: {:.1} MB",
+            peak as f64 / 1024.0
         )?;
     }
     Ok(report)

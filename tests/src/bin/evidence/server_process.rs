@@ -163,6 +163,12 @@ impl ServerProcess {
         self.status_kib("VmHWM:")
     }
 
+    /// Starts the peak RSS afresh (`/proc/PID/clear_refs`), to measure one run's peak.
+    pub fn reset_peak_rss(&self) -> anyhow::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .context("reset the peak RSS")
+    }
+
     /// Resident memory, from `/proc`.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         self.status_kib("VmRSS:")
