@@ -13,3 +13,9 @@ pub const LIST_LIMIT_MAX: i64 = 1000;
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Longest subject (user id) accepted; the database column has the same bound.
 pub const MAX_SUBJECT_CHARS: usize = 255;
+/// A tag, once trimmed: 1 to this many Unicode characters.
+pub const TAG_MAX_CHARS: usize = 32;
+/// The most tags a task carries.
+pub const TAGS_MAX: usize = 20;
+/// A listing's `search`: 1 to this many Unicode characters.
+pub const SEARCH_MAX_CHARS: usize = 100;

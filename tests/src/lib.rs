@@ -307,6 +307,22 @@ pub fn user(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Asserts a raw response is a problem with `status`, and returns its body.
+pub async fn expect_problem(response: reqwest::Response, status: reqwest::StatusCode) -> Value {
+    assert_eq!(response.status(), status, "status");
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "application/problem+json",
+        "content type of a {status} problem"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status.as_u16());
+    assert_eq!(body["type"], "about:blank");
+    assert!(body["title"].is_string());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    body
+}
+
 /// The problem body of an API error from the generated client, or a panic naming what came.
 pub fn problem<T: std::fmt::Debug>(
     result: Result<T, client_sdk::Error<client_sdk::types::Problem>>,

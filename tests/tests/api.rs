@@ -10,8 +10,8 @@ use client_sdk::types::{
     TaskUpdateDescription, TaskUpdateTitle,
 };
 use integration_tests::{
-    Backend, Options, SECRET, TestServer, now, on_every_database, problem, sign, sign_with, token,
-    user,
+    Backend, Options, SECRET, TestServer, expect_problem, now, on_every_database, problem, sign,
+    sign_with, token, user,
 };
 use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode, header};
@@ -73,22 +73,6 @@ async fn list(client: &client_sdk::Client) -> Vec<Task> {
 
 fn total_count(headers: &header::HeaderMap) -> i64 {
     headers["x-total-count"].to_str().unwrap().parse().unwrap()
-}
-
-/// Asserts a raw response is a problem with `status`, and returns its body.
-async fn expect_problem(response: reqwest::Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status, "status");
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "application/problem+json",
-        "content type of a {status} problem"
-    );
-    let body: Value = response.json().await.expect("problem body is JSON");
-    assert_eq!(body["status"], status.as_u16());
-    assert_eq!(body["type"], "about:blank");
-    assert!(body["title"].is_string());
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
-    body
 }
 
 async fn health_reports_the_database(backend: Backend) {

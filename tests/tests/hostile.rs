@@ -322,8 +322,8 @@ async fn a_long_list_without_limit_streams_whole_and_in_order(backend: Backend) 
     for i in 0..1234 {
         let task = server::store::NewTask {
             title: format!("t{:04}", (i * 7919) % 1234),
-            description: None,
             completed: i % 3 == 0,
+            ..server::store::NewTask::default()
         };
         store.create(&name, &task).await.unwrap();
     }

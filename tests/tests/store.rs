@@ -7,8 +7,9 @@ use integration_tests::{Backend, Database, on_every_database};
 use std::time::Duration;
 
 use server::store::{
-    self, Change, ChangeBatch, Claim, ConnectOptions, Feed, IdempotencyKey, ListQuery, NewTask,
-    Precondition, Retention, SortKey, SortOrder, StatusFilter, TaskPatch, TaskStore, Written,
+    self, Change, ChangeBatch, Claim, ConnectOptions, Feed, Filter, IdempotencyKey, ListQuery,
+    NewTask, Precondition, Priority, Retention, SortKey, SortOrder, StatusFilter, TaskPatch,
+    TaskStore, Written,
 };
 
 const ANY: &Precondition = &Precondition(None);
@@ -57,8 +58,12 @@ fn ops(batch: &ChangeBatch) -> Vec<(&'static str, i64, String)> {
         .collect()
 }
 
+fn status_filter(status: StatusFilter) -> Filter {
+    Filter { status, ..Filter::default() }
+}
+
 fn new_task(title: &str) -> NewTask {
-    NewTask { title: title.into(), description: Some("d".into()), completed: false }
+    NewTask { title: title.into(), description: Some("d".into()), ..NewTask::default() }
 }
 
 async fn every_call_is_scoped_by_owner(backend: Backend) {
@@ -124,7 +129,7 @@ async fn listing_orders_ties_by_id_and_counts_before_paging(backend: Backend) {
     let (store, _db) = open(backend).await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        let task = NewTask { title: "same".into(), description: None, completed: i % 2 == 0 };
+        let task = NewTask { title: "same".into(), completed: i % 2 == 0, ..NewTask::default() };
         ids.push(store.create("u", &task).await.unwrap().id);
     }
     let list = |query: ListQuery| {
@@ -142,11 +147,16 @@ async fn listing_orders_ties_by_id_and_counts_before_paging(backend: Backend) {
     let page = list(ListQuery { limit: Some(3), offset: 3, ..ListQuery::default() }).await;
     assert_eq!((page.tasks.len(), page.total), (3, 7));
     assert_eq!(page.tasks[0].id, ids[3]);
-    let done = list(ListQuery { status: StatusFilter::Completed, ..ListQuery::default() }).await;
-    assert_eq!((done.tasks.len(), done.total), (4, 4));
-    let beyond =
-        list(ListQuery { status: StatusFilter::Pending, offset: 100, ..ListQuery::default() })
+    let done =
+        list(ListQuery { filter: status_filter(StatusFilter::Completed), ..ListQuery::default() })
             .await;
+    assert_eq!((done.tasks.len(), done.total), (4, 4));
+    let beyond = list(ListQuery {
+        filter: status_filter(StatusFilter::Pending),
+        offset: 100,
+        ..ListQuery::default()
+    })
+    .await;
     assert_eq!((beyond.tasks.len(), beyond.total), (0, 3));
     let empty = store.list("nobody", &ListQuery { offset: 5, ..ListQuery::default() }).await;
     assert_eq!(empty.unwrap().total, 0);
@@ -235,8 +245,8 @@ async fn paged_totals_follow_every_kind_of_write(backend: Backend) {
             (0 | 1, _) | (_, None) => {
                 let task = NewTask {
                     title: format!("t{step}"),
-                    description: None,
                     completed: next(2) == 0,
+                    ..NewTask::default()
                 };
                 ids.push((owner, store.create(owner, &task).await.unwrap().id));
             }
@@ -258,10 +268,23 @@ async fn paged_totals_follow_every_kind_of_write(backend: Backend) {
         }
         for owner in ["alice", "bob"] {
             for status in [StatusFilter::All, StatusFilter::Pending, StatusFilter::Completed] {
-                let all = store.list(owner, &ListQuery { status, ..ListQuery::default() }).await;
-                let paged = ListQuery { status, limit: Some(1), ..ListQuery::default() };
+                let all = store
+                    .list(
+                        owner,
+                        &ListQuery { filter: status_filter(status), ..ListQuery::default() },
+                    )
+                    .await;
+                let paged = ListQuery {
+                    filter: status_filter(status),
+                    limit: Some(1),
+                    ..ListQuery::default()
+                };
                 let paged = store.list(owner, &paged).await.unwrap();
-                let past = ListQuery { status, offset: 1000, ..ListQuery::default() };
+                let past = ListQuery {
+                    filter: status_filter(status),
+                    offset: 1000,
+                    ..ListQuery::default()
+                };
                 let past = store.list(owner, &past).await.unwrap();
                 let expected = all.unwrap().tasks.len() as i64;
                 assert_eq!(
@@ -315,7 +338,8 @@ async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
     let total = |owner: &'static str, status| {
         let store = store.clone();
         async move {
-            let query = ListQuery { status, limit: Some(1), ..ListQuery::default() };
+            let query =
+                ListQuery { filter: status_filter(status), limit: Some(1), ..ListQuery::default() };
             store.list(owner, &query).await.unwrap().total
         }
     };
@@ -326,8 +350,19 @@ async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
     // Existing tasks are in the change log, numbered in id order.
     let full = batch(store.changes("old", None, 100).await.unwrap());
     assert_eq!((full.changes.len(), full.cursor), (3, 3));
+    // Existing tasks have the richer fields' defaults.
+    let old = store.list("old", &ListQuery::default()).await.unwrap().tasks;
+    assert_eq!(old.len(), 3);
+    for task in &old {
+        assert_eq!((task.priority, task.due_at, task.tags.len()), (Priority::Medium, None, 0));
+    }
     // And the triggers take over from there.
     let new = store.create("old", &new_task("new")).await.unwrap();
+    let tagged = NewTask { title: "tagged".into(), tags: vec!["x".into()], ..NewTask::default() };
+    let tagged = store.create("older", &tagged).await.unwrap();
+    let by_tag = Filter { tags: vec!["x".into()], ..Filter::default() };
+    let listed = store.list("older", &ListQuery { filter: by_tag, ..ListQuery::default() }).await;
+    assert_eq!(listed.unwrap().tasks, [tagged]);
     assert_eq!(total("old", StatusFilter::Pending).await, 2);
     let next = batch(store.changes("old", Some(full.cursor), 100).await.unwrap());
     assert_eq!(ops(&next), [("upsert", new.id, "new".to_owned())]);

@@ -10,7 +10,7 @@ use chrono::DateTime;
 
 use crate::{
     error::ApiError,
-    store::{Cursor, ListQuery, SortKey, SortOrder, SortValue, StatusFilter},
+    store::{Cursor, ListQuery, Priority, SortKey, SortOrder, SortValue},
 };
 
 /// The longest cursor accepted: a 200-character title is at most 800 bytes of UTF-8.
@@ -25,13 +25,23 @@ fn tag(sort: SortKey, order: SortOrder) -> &'static str {
         (SortKey::Updated, SortOrder::Desc) => "ud",
         (SortKey::Title, SortOrder::Asc) => "ta",
         (SortKey::Title, SortOrder::Desc) => "td",
+        (SortKey::DueDate, SortOrder::Asc) => "da",
+        (SortKey::DueDate, SortOrder::Desc) => "dd",
+        (SortKey::Priority, SortOrder::Asc) => "pa",
+        (SortKey::Priority, SortOrder::Desc) => "pd",
     }
 }
+
+/// How a task without a due date stands in a due-date cursor.
+const NO_DUE_DATE: &str = "-";
 
 pub fn encode(cursor: &Cursor, sort: SortKey, order: SortOrder) -> String {
     let value = match &cursor.value {
         SortValue::Time(at) => at.timestamp_micros().to_string(),
         SortValue::Title(title) => title.clone(),
+        SortValue::DueDate(Some(at)) => at.timestamp_micros().to_string(),
+        SortValue::DueDate(None) => NO_DUE_DATE.to_owned(),
+        SortValue::Priority(rank) => rank.to_string(),
     };
     URL_SAFE_NO_PAD.encode(format!("{}.{}.{value}", tag(sort, order), cursor.id))
 }
@@ -55,43 +65,43 @@ pub fn decode(text: &str, sort: SortKey, order: SortOrder) -> Result<Cursor, Api
         ));
     }
     let id = id.parse().map_err(|_| invalid())?;
-    // Only values a task can have: a time the database holds, a title without NUL.
+    // Only values a task can have: a time the database holds, a title without NUL, a rank.
+    let time = |value: &str| {
+        value
+            .parse()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .filter(crate::store::storable)
+            .ok_or_else(invalid)
+    };
     let value = match sort {
-        SortKey::Created | SortKey::Updated => SortValue::Time(
+        SortKey::Created | SortKey::Updated => SortValue::Time(time(value)?),
+        SortKey::Title if value.contains('\0') => return Err(invalid()),
+        SortKey::Title => SortValue::Title(value.to_owned()),
+        SortKey::DueDate if value == NO_DUE_DATE => SortValue::DueDate(None),
+        SortKey::DueDate => SortValue::DueDate(Some(time(value)?)),
+        SortKey::Priority => SortValue::Priority(
             value
                 .parse()
                 .ok()
-                .and_then(DateTime::from_timestamp_micros)
-                .filter(crate::store::storable)
+                .filter(|rank| Priority::try_from(*rank).is_ok())
                 .ok_or_else(invalid)?,
         ),
-        SortKey::Title if value.contains('\0') => return Err(invalid()),
-        SortKey::Title => SortValue::Title(value.to_owned()),
     };
     Ok(Cursor { value, id })
 }
 
 /// `Link: <path?…&after=…>; rel="next"` for the page after this one: the same path and
-/// parameters, `after` instead of `offset`.
-pub fn next_link(path: &str, query: &ListQuery, next: &Cursor) -> String {
-    let status = match query.status {
-        StatusFilter::All => None,
-        StatusFilter::Pending => Some("status=pending"),
-        StatusFilter::Completed => Some("status=completed"),
-    };
-    let sort = match query.sort {
-        SortKey::Created => None,
-        SortKey::Updated => Some("sort=updated"),
-        SortKey::Title => Some("sort=title"),
-    };
-    let order = (query.order == SortOrder::Desc).then_some("order=desc");
-    let limit = query.limit.map(|limit| format!("limit={limit}"));
-    let after = format!("after={}", encode(next, query.sort, query.order));
-    let params: Vec<&str> = [status, sort, order, limit.as_deref(), Some(after.as_str())]
-        .into_iter()
-        .flatten()
-        .collect();
-    format!("<{path}?{}>; rel=\"next\"", params.join("&"))
+/// parameters as this request (`query`, its query string), without `offset` and with `after`.
+pub fn next_link(path: &str, query: Option<&str>, list: &ListQuery, next: &Cursor) -> String {
+    let mut params = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name != "offset" && name != "after" {
+            params.append_pair(&name, &value);
+        }
+    }
+    params.append_pair("after", &encode(next, list.sort, list.order));
+    format!("<{path}?{}>; rel=\"next\"", params.finish())
 }
 
 #[cfg(test)]
@@ -107,6 +117,9 @@ mod tests {
             (Cursor { value: SortValue::Time(at), id: 7 }, SortKey::Created),
             (Cursor { value: SortValue::Time(at), id: 7 }, SortKey::Updated),
             (Cursor { value: SortValue::Title("a.b/ü ✓&=".into()), id: 9 }, SortKey::Title),
+            (Cursor { value: SortValue::DueDate(Some(at)), id: 3 }, SortKey::DueDate),
+            (Cursor { value: SortValue::DueDate(None), id: 3 }, SortKey::DueDate),
+            (Cursor { value: SortValue::Priority(3), id: 5 }, SortKey::Priority),
         ];
         for (cursor, sort) in cases {
             for order in [SortOrder::Asc, SortOrder::Desc] {
@@ -117,6 +130,32 @@ mod tests {
                 assert!(matches!(decode(&text, sort, other), Err(ApiError::BadRequest(_))));
             }
         }
+    }
+
+    #[test]
+    fn no_rank_but_a_priority_s_is_a_cursor() {
+        for text in ["pa.1.4", "pa.1.-1", "pa.1.x", "da.1.", "da.1.--"] {
+            let text = URL_SAFE_NO_PAD.encode(text);
+            let sort = if text.starts_with("cG") { SortKey::Priority } else { SortKey::DueDate };
+            assert!(matches!(decode(&text, sort, SortOrder::Asc), Err(ApiError::BadRequest(_))));
+        }
+    }
+
+    #[test]
+    fn the_next_link_keeps_every_parameter_but_offset_and_after() {
+        let list = ListQuery { limit: Some(2), ..ListQuery::default() };
+        let next = Cursor { value: SortValue::Time(DateTime::UNIX_EPOCH), id: 4 };
+        let link = next_link(
+            "/api/tasks",
+            Some("q=milk+%26+eggs&tag=a&tag=b&offset=5&limit=2&after=x"),
+            &list,
+            &next,
+        );
+        let after = encode(&next, SortKey::Created, SortOrder::Asc);
+        assert_eq!(
+            link,
+            format!("</api/tasks?q=milk+%26+eggs&tag=a&tag=b&limit=2&after={after}>; rel=\"next\"")
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use poem_openapi::{
 use serde::Serialize;
 
 use super::types::TaskView;
-use crate::store::{StatusFilter, TaskStore, WHOLE_LIST_MAX};
+use crate::store::{Filter, TaskStore, WHOLE_LIST_MAX};
 
 /// Serialises `T` with serde; documents `T`'s poem-openapi schema as `application/json`.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl<T: Type + Serialize + Send> IntoResponse for JsonBody<T> {
 /// deleted meanwhile is left out.
 pub enum TaskArray {
     Whole(Vec<TaskView>),
-    Streamed { store: Arc<dyn TaskStore>, owner: String, ids: Vec<i64>, status: StatusFilter },
+    Streamed { store: Arc<dyn TaskStore>, owner: String, ids: Vec<i64>, filter: Filter },
 }
 
 impl Payload for TaskArray {
@@ -83,8 +83,8 @@ impl IntoResponse for TaskArray {
     fn into_response(self) -> Response {
         let body = match self {
             TaskArray::Whole(tasks) => return JsonBody(tasks).into_response(),
-            TaskArray::Streamed { store, owner, ids, status } => {
-                Body::from_bytes_stream(stream_tasks(store, owner, ids, status))
+            TaskArray::Streamed { store, owner, ids, filter } => {
+                Body::from_bytes_stream(stream_tasks(store, owner, ids, filter))
             }
         };
         Response::builder().header(header::CONTENT_TYPE, <Self as Payload>::CONTENT_TYPE).body(body)
@@ -97,12 +97,12 @@ fn stream_tasks(
     store: Arc<dyn TaskStore>,
     owner: String,
     ids: Vec<i64>,
-    status: StatusFilter,
+    filter: Filter,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     struct Reading {
         store: Arc<dyn TaskStore>,
         owner: String,
-        status: StatusFilter,
+        filter: Filter,
         chunks: std::vec::IntoIter<Vec<i64>>,
         /// Whether a task has been written (the next one needs a comma).
         written: bool,
@@ -111,7 +111,7 @@ fn stream_tasks(
     }
     let chunks: Vec<Vec<i64>> = ids.chunks(WHOLE_LIST_MAX as usize).map(<[i64]>::to_vec).collect();
     let reading =
-        Reading { store, owner, status, chunks: chunks.into_iter(), written: false, done: false };
+        Reading { store, owner, filter, chunks: chunks.into_iter(), written: false, done: false };
     let opening = futures::stream::once(async { Ok(b"[".to_vec()) });
     let rest = futures::stream::unfold(reading, |mut reading| async move {
         if reading.done {
@@ -121,7 +121,7 @@ fn stream_tasks(
             reading.done = true;
             return Some((Ok(b"]".to_vec()), reading));
         };
-        let found = reading.store.tasks_by_id(&reading.owner, &chunk, reading.status).await;
+        let found = reading.store.tasks_by_id(&reading.owner, &chunk, &reading.filter).await;
         let mut found: HashMap<i64, TaskView> = match found {
             Ok(tasks) => tasks.into_iter().map(|task| (task.id, task.into())).collect(),
             Err(err) => {

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     error::{ApiError, PROBLEM_CONTENT_TYPE},
-    limits::{DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS},
+    limits::{DESCRIPTION_MAX_CHARS, TAG_MAX_CHARS, TAGS_MAX, TITLE_MAX_CHARS},
 };
 
 /// Response header names as the server sends them (HTTP names are case-insensitive, generated
@@ -91,8 +91,21 @@ fn task_schemas(schemas: &mut Value) {
             properties["description"]["maxLength"] = json!(DESCRIPTION_MAX_CHARS);
         }
     }
+    for name in ["Task", "TaskCreate", "TaskUpdate"] {
+        let properties = &mut schemas[name]["properties"];
+        properties["due_date"]["nullable"] = json!(true);
+        if name != "Task" {
+            properties["tags"]["nullable"] = json!(true);
+            properties["tags"]["maxItems"] = json!(TAGS_MAX);
+            properties["tags"]["items"]["minLength"] = json!(1);
+            properties["tags"]["items"]["maxLength"] = json!(TAG_MAX_CHARS);
+            properties["tags"]["items"]["pattern"] = json!("^[^,]*$");
+        }
+    }
     let required = schemas["Task"]["required"].as_array_mut().expect("Task.required");
     required.insert(3, json!("description"));
+    let after_priority = required.iter().position(|name| name == "priority").expect("priority");
+    required.insert(after_priority + 1, json!("due_date"));
     schemas["TaskUpdate"]["minProperties"] = json!(1);
 }
 

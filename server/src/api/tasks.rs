@@ -31,7 +31,8 @@ use super::{
 use crate::{
     AppState,
     error::{ApiError, FieldError},
-    store::{ListQuery, Task, Writes},
+    limits::SEARCH_MAX_CHARS,
+    store::{self, Filter, ListQuery, Priority, SortKey, SortOrder, StatusFilter, Task, Writes},
 };
 use serde_json::Value;
 
@@ -62,10 +63,12 @@ macro_rules! task_operations {
             /// List tasks
             ///
             /// Without parameters: every task of the caller, oldest first, as a plain array.
-            /// `status` filters, `sort` and `order` reorder (ties broken by id), `limit`
-            /// and `offset` page. `X-Total-Count` is the number of matching tasks
-            /// before paging. A parameter that does not parse is a 400; a number out of range
-            /// a 422.
+            /// The filters (`status` or `completed`, `search` or `q`, `priority`, `tag`,
+            /// `due_after`, `due_before`, `overdue`) combine: a task is listed when it matches
+            /// all of them. `sort` and `order` reorder (ties broken by id), `limit` and `offset`
+            /// page, and `Link: rel="next"` (`after`) walks a long list page by page.
+            /// `X-Total-Count` is the number of matching tasks before paging. A parameter that
+            /// does not parse is a 400; one out of range, or two that disagree, a 422.
             #[oai(path = $collection, method = "get", operation_id = $list)]
             #[allow(clippy::too_many_arguments)]
             async fn list(
@@ -79,13 +82,36 @@ macro_rules! task_operations {
                 /// Which tasks: `all`, `pending` (not completed) or `completed`.
                 #[oai(default)]
                 status: Query<StatusParam>,
-                /// Order by `created` (`created_at`), `updated` (`updated_at`) or `title`;
-                /// ties are broken by `id`, so pages never overlap.
-                #[oai(default)]
-                sort: Query<SortParam>,
-                /// `asc` (oldest or A first) or `desc`.
-                #[oai(default)]
-                order: Query<OrderParam>,
+                /// `true` is `status=completed`, `false` is `status=pending`.
+                completed: Query<Option<bool>>,
+                /// Tasks whose title or description contains this, in any letter case
+                /// (1 to 100 characters).
+                search: Query<Option<String>>,
+                /// The same as `search`.
+                q: Query<Option<String>>,
+                /// Tasks of this priority, or of any of a comma-separated list
+                /// (`high,urgent`), in any letter case.
+                priority: Query<Option<String>>,
+                /// Tasks carrying this tag (in any letter case); repeated or comma-separated,
+                /// tasks carrying all of them.
+                tag: Query<Option<Vec<String>>>,
+                /// Tasks due at or after this time: an RFC 3339 date-time, or a date
+                /// (`2026-12-24`: that day at 00:00 UTC).
+                due_after: Query<Option<String>>,
+                /// Tasks due before this time (a date-time or a date, like `due_after`).
+                due_before: Query<Option<String>>,
+                /// `true`: tasks due before now and not completed.
+                overdue: Query<Option<bool>>,
+                /// Order by `created` (`created_at`, the default), `updated` (`updated_at`),
+                /// `title`, `due_date` (tasks without one last, in either order) or `priority`
+                /// (`desc`: urgent first); ties are broken by `id`, so pages never overlap.
+                sort: Query<Option<SortParam>>,
+                /// The same as `sort`.
+                sort_by: Query<Option<SortParam>>,
+                /// `asc` (the default: oldest, A or low first) or `desc`.
+                order: Query<Option<OrderParam>>,
+                /// The same as `order`.
+                sort_order: Query<Option<OrderParam>>,
                 /// At most this many tasks; without it, all of them.
                 limit: Query<Option<Limit>>,
                 /// Skip this many matching tasks first. Deep offsets walk every task they
@@ -99,14 +125,24 @@ macro_rules! task_operations {
                 req: &Request,
             ) -> Result<TaskListResponse, ApiError> {
                 $( let _ = $user_id; )?
-                let query = list_query(
-                    status.0,
-                    sort.0,
-                    order.0,
-                    limit.0,
-                    offset.0,
-                    after.0.as_deref(),
-                )?;
+                let query = list_query(ListParams {
+                    status: status.0,
+                    completed: completed.0,
+                    search: search.0,
+                    q: q.0,
+                    priority: priority.0,
+                    tags: tag.0.unwrap_or_default(),
+                    due_after: due_after.0,
+                    due_before: due_before.0,
+                    overdue: overdue.0,
+                    sort: sort.0,
+                    sort_by: sort_by.0,
+                    order: order.0,
+                    sort_order: sort_order.0,
+                    limit: limit.0,
+                    offset: offset.0,
+                    after: after.0,
+                })?;
                 list(&state, &auth.0, req, query).await
             }
 
@@ -325,26 +361,129 @@ struct Conditions<'a> {
     idempotency_key: Option<&'a str>,
 }
 
-fn list_query(
+/// A listing's query parameters as they came (see the `list` operation).
+struct ListParams {
     status: StatusParam,
-    sort: SortParam,
-    order: OrderParam,
+    completed: Option<bool>,
+    search: Option<String>,
+    q: Option<String>,
+    priority: Option<String>,
+    tags: Vec<String>,
+    due_after: Option<String>,
+    due_before: Option<String>,
+    overdue: Option<bool>,
+    sort: Option<SortParam>,
+    sort_by: Option<SortParam>,
+    order: Option<OrderParam>,
+    sort_order: Option<OrderParam>,
     limit: Option<Limit>,
     offset: Offset,
-    after: Option<&str>,
-) -> Result<ListQuery, ApiError> {
-    let (sort, order) = (sort.into(), order.into());
-    let after = after.map(|text| cursor::decode(text, sort, order)).transpose()?;
+    after: Option<String>,
+}
+
+/// The listing the parameters ask for: 400 for a value that does not parse, 422 (every field
+/// at once) for one out of range or two that disagree.
+fn list_query(params: ListParams) -> Result<ListQuery, ApiError> {
     let mut errors = Vec::new();
+    // (`created` and `created_at` are one order: compared as the store's keys.)
+    let (sort, sort_by) = (params.sort.map(SortKey::from), params.sort_by.map(SortKey::from));
+    let sort = agreed("sort", sort, "sort_by", sort_by, &mut errors).unwrap_or_default();
+    let (order, alias) =
+        (params.order.map(SortOrder::from), params.sort_order.map(SortOrder::from));
+    let order = agreed("order", order, "sort_order", alias, &mut errors).unwrap_or_default();
+    let due_after = due_time("due_after", params.due_after)?;
+    let due_before = due_time("due_before", params.due_before)?;
+    let after = params.after.map(|text| cursor::decode(&text, sort, order)).transpose()?;
+
+    let status = match (params.status, params.completed) {
+        (status, None) => status.into(),
+        (StatusParam::All | StatusParam::Completed, Some(true)) => StatusFilter::Completed,
+        (StatusParam::All | StatusParam::Pending, Some(false)) => StatusFilter::Pending,
+        (status, Some(_)) => {
+            errors.push(FieldError::new("completed", "disagrees with `status`"));
+            status.into()
+        }
+    };
+    let search = agreed("search", params.search, "q", params.q, &mut errors);
+    if let Some(search) = &search {
+        let length = search.chars().count();
+        if !(1..=SEARCH_MAX_CHARS).contains(&length) || search.contains('\0') {
+            let message = format!("must be 1 to {SEARCH_MAX_CHARS} characters, without NUL");
+            errors.push(FieldError::new("search", message));
+        }
+    }
+    let mut priorities = Vec::new();
+    for name in params.priority.iter().flat_map(|list| list.split(',')) {
+        match Priority::parse(name.trim()) {
+            Some(priority) if !priorities.contains(&priority) => priorities.push(priority),
+            Some(_) => {}
+            None => {
+                let message = "each must be one of low, medium, high, urgent";
+                errors.push(FieldError::new("priority", message));
+                break;
+            }
+        }
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for tag in params.tags.iter().flat_map(|list| list.split(',')) {
+        let tag = tag.trim().to_lowercase();
+        if let Some(problem) = validation::tag_problem(&tag) {
+            errors.push(FieldError::new("tag", problem));
+            break;
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
     let mut check = |field: &str, value: Result<i64, String>| {
         value.map_err(|message| errors.push(FieldError::new(field, message))).ok()
     };
-    let limit = limit.and_then(|limit| check("limit", limit.checked()));
-    let offset = check("offset", offset.checked());
+    let limit = params.limit.and_then(|limit| check("limit", limit.checked()));
+    let offset = check("offset", params.offset.checked());
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
     }
-    Ok(ListQuery { status: status.into(), sort, order, limit, offset: offset.unwrap_or(0), after })
+    let filter = Filter {
+        status,
+        search,
+        priorities,
+        tags,
+        due_after,
+        due_before,
+        overdue_at: params.overdue.unwrap_or(false).then(chrono::Utc::now),
+    };
+    Ok(ListQuery { filter, sort, order, limit, offset: offset.unwrap_or(0), after })
+}
+
+/// `due_after` or `due_before`: a date-time or a date, else a 400.
+fn due_time(
+    name: &str,
+    text: Option<String>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    match validation::date_or_date_time(&text) {
+        Some(at) if store::storable(&at) => Ok(Some(at)),
+        _ => Err(ApiError::BadRequest(format!(
+            "`{name}` must be an RFC 3339 date-time or a date (YYYY-MM-DD)"
+        ))),
+    }
+}
+
+/// A parameter given under two names: either, or both if they agree (else a 422 on the alias).
+fn agreed<T: PartialEq>(
+    name: &str,
+    value: Option<T>,
+    alias: &str,
+    alias_value: Option<T>,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match (value, alias_value) {
+        (Some(value), Some(other)) if value != other => {
+            errors.push(FieldError::new(alias, format!("disagrees with `{name}`")));
+            Some(value)
+        }
+        (value, other) => value.or(other),
+    }
 }
 
 async fn list(
@@ -354,13 +493,16 @@ async fn list(
     query: ListQuery,
 ) -> Result<TaskListResponse, ApiError> {
     let page = state.store.list(&caller.user_id, &query).await?;
-    let next = page.next.as_ref().map(|next| cursor::next_link(req.uri().path(), &query, next));
+    let next = page
+        .next
+        .as_ref()
+        .map(|next| cursor::next_link(req.uri().path(), req.uri().query(), &query, next));
     let tasks = match page.ids {
         Some(ids) => TaskArray::Streamed {
             store: state.store.clone(),
             owner: caller.user_id.clone(),
             ids,
-            status: query.status,
+            filter: query.filter,
         },
         None => TaskArray::Whole(page.tasks.into_iter().map(Into::into).collect()),
     };

@@ -31,9 +31,36 @@ pub struct TaskView {
     /// `null` when there is none.
     pub description: Option<String>,
     pub completed: bool,
+    pub priority: PriorityName,
+    /// When the task is due, in UTC; `null` when it has none.
+    pub due_date: Option<Timestamp>,
+    /// Lower case, each once, in the order first given.
+    pub tags: Vec<String>,
     pub created_at: Timestamp,
     /// Moves forward on every modification.
     pub updated_at: Timestamp,
+}
+
+/// How urgent a task is. Accepted in any letter case (`"High"`), always returned in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, serde::Serialize)]
+#[oai(rename = "Priority", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityName {
+    Low,
+    Medium,
+    High,
+    Urgent,
+}
+
+impl From<store::Priority> for PriorityName {
+    fn from(priority: store::Priority) -> Self {
+        match priority {
+            store::Priority::Low => Self::Low,
+            store::Priority::Medium => Self::Medium,
+            store::Priority::High => Self::High,
+            store::Priority::Urgent => Self::Urgent,
+        }
+    }
 }
 
 impl Example for TaskView {
@@ -45,6 +72,11 @@ impl Example for TaskView {
             title: "Buy groceries".into(),
             description: Some("Milk, eggs, bread".into()),
             completed: false,
+            priority: PriorityName::High,
+            due_date: Some(Timestamp(
+                DateTime::from_timestamp(1_768_003_200, 0).expect("a valid time"),
+            )),
+            tags: vec!["errands".into(), "home".into()],
             created_at: Timestamp(at),
             updated_at: Timestamp(at),
         }
@@ -59,6 +91,9 @@ impl From<store::Task> for TaskView {
             title: task.title,
             description: task.description,
             completed: task.completed,
+            priority: task.priority.into(),
+            due_date: task.due_at.map(Timestamp),
+            tags: task.tags,
             created_at: Timestamp(task.created_at),
             updated_at: Timestamp(task.updated_at),
         }
@@ -134,6 +169,17 @@ pub struct TaskCreateSchema {
     /// Defaults to `false`.
     #[oai(skip_serializing_if_is_none)]
     pub completed: Option<bool>,
+    /// Defaults to `medium`; accepted in any letter case.
+    #[oai(skip_serializing_if_is_none)]
+    pub priority: Option<PriorityName>,
+    /// An RFC 3339 date-time, or a date (`2026-12-24`: that day at 00:00 UTC); defaults to
+    /// `null`.
+    #[oai(skip_serializing_if_is_none)]
+    pub due_date: Option<String>,
+    /// Each trimmed and lower-cased, 1 to 32 characters, no commas; duplicates dropped, first
+    /// kept; at most 20. Defaults to `[]` (as does `null`).
+    #[oai(skip_serializing_if_is_none)]
+    pub tags: Option<Vec<String>>,
 }
 
 impl Example for TaskCreateSchema {
@@ -142,12 +188,16 @@ impl Example for TaskCreateSchema {
             title: "Buy groceries".into(),
             description: Some("Milk, eggs, bread".into()),
             completed: Some(false),
+            priority: Some(PriorityName::High),
+            due_date: Some("2026-01-10".into()),
+            tags: Some(vec!["errands".into(), "home".into()]),
         }
     }
 }
 
 /// The body of an update: only the fields present change, at least one of `title`,
-/// `description`, `completed` must be present. Unknown fields are ignored.
+/// `description`, `completed`, `priority`, `due_date`, `tags` must be present. Unknown fields
+/// are ignored.
 #[derive(Debug, Object)]
 #[oai(rename = "TaskUpdate", example)]
 pub struct TaskUpdateSchema {
@@ -159,11 +209,27 @@ pub struct TaskUpdateSchema {
     pub description: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub completed: Option<bool>,
+    /// Accepted in any letter case.
+    #[oai(skip_serializing_if_is_none)]
+    pub priority: Option<PriorityName>,
+    /// An RFC 3339 date-time or a date; `null` clears it.
+    #[oai(skip_serializing_if_is_none)]
+    pub due_date: Option<String>,
+    /// Replaces the whole set (the same rules as on create); `[]` or `null` clears it.
+    #[oai(skip_serializing_if_is_none)]
+    pub tags: Option<Vec<String>>,
 }
 
 impl Example for TaskUpdateSchema {
     fn example() -> Self {
-        Self { title: Some("Buy organic groceries".into()), description: None, completed: None }
+        Self {
+            title: Some("Buy organic groceries".into()),
+            description: None,
+            completed: None,
+            priority: Some(PriorityName::Urgent),
+            due_date: None,
+            tags: Some(vec!["errands".into()]),
+        }
     }
 }
 
@@ -208,7 +274,7 @@ impl<T: Type> ParseFromJSON for JsonObject<T> {
 }
 
 /// `status` of a listing.
-#[derive(Debug, Clone, Copy, Default, Enum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
 #[oai(rename = "TaskStatus", rename_all = "lowercase")]
 pub enum StatusParam {
     #[default]
@@ -217,18 +283,23 @@ pub enum StatusParam {
     Completed,
 }
 
-/// `sort` of a listing.
-#[derive(Debug, Clone, Copy, Default, Enum)]
-#[oai(rename = "TaskSort", rename_all = "lowercase")]
+/// `sort` (or `sort_by`) of a listing; `created_at` and `updated_at` are `created` and
+/// `updated` by their field names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
+#[oai(rename = "TaskSort", rename_all = "snake_case")]
 pub enum SortParam {
     #[default]
     Created,
     Updated,
     Title,
+    DueDate,
+    Priority,
+    CreatedAt,
+    UpdatedAt,
 }
 
-/// `order` of a listing.
-#[derive(Debug, Clone, Copy, Default, Enum)]
+/// `order` (or `sort_order`) of a listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Enum)]
 #[oai(rename = "SortOrder", rename_all = "lowercase")]
 pub enum OrderParam {
     #[default]
@@ -249,9 +320,11 @@ impl From<StatusParam> for store::StatusFilter {
 impl From<SortParam> for store::SortKey {
     fn from(value: SortParam) -> Self {
         match value {
-            SortParam::Created => Self::Created,
-            SortParam::Updated => Self::Updated,
+            SortParam::Created | SortParam::CreatedAt => Self::Created,
+            SortParam::Updated | SortParam::UpdatedAt => Self::Updated,
             SortParam::Title => Self::Title,
+            SortParam::DueDate => Self::DueDate,
+            SortParam::Priority => Self::Priority,
         }
     }
 }
@@ -337,7 +410,7 @@ pub enum TaskListResponse {
     #[oai(status = 200)]
     Ok(
         TaskArray,
-        /// Tasks matching `status`, before `limit`, `offset` and `after`.
+        /// Tasks matching the filters, before `limit`, `offset` and `after`.
         #[oai(header = "X-Total-Count")]
         i64,
         /// The next page, when `limit` left tasks after this one: this request with `after`

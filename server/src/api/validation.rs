@@ -3,10 +3,12 @@
 
 use serde_json::{Map, Value};
 
+use chrono::{DateTime, NaiveDate, Utc};
+
 use crate::{
     error::{ApiError, FieldError},
-    limits::{DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS},
-    store::{NewTask, TaskPatch},
+    limits::{DESCRIPTION_MAX_CHARS, TAG_MAX_CHARS, TAGS_MAX, TITLE_MAX_CHARS},
+    store::{NewTask, Priority, TaskPatch, storable},
 };
 /// PostgreSQL text cannot hold U+0000 and SQLite's `length()` stops at it: refuse it up front.
 const NUL_MESSAGE: &str = "must not contain NUL (U+0000) characters";
@@ -23,11 +25,17 @@ pub fn new_task(body: &Value) -> Result<NewTask, ApiError> {
     };
     let description = object.get("description").and_then(|value| description(value, &mut errors));
     let completed = object.get("completed").and_then(|value| completed(value, &mut errors));
+    let priority = object.get("priority").and_then(|value| priority(value, &mut errors));
+    let due_at = object.get("due_date").and_then(|value| due_date(value, &mut errors));
+    let tags = object.get("tags").and_then(|value| tags(value, &mut errors));
     match title {
         Some(title) if errors.is_empty() => Ok(NewTask {
             title,
             description: description.flatten(),
             completed: completed.unwrap_or(false),
+            priority: priority.unwrap_or_default(),
+            due_at: due_at.flatten(),
+            tags: tags.unwrap_or_default(),
         }),
         _ => Err(ApiError::Unprocessable(errors)),
     }
@@ -40,6 +48,9 @@ pub fn task_patch(body: &Value) -> Result<TaskPatch, ApiError> {
         title: object.get("title").and_then(|value| title(value, &mut errors)),
         description: object.get("description").and_then(|value| description(value, &mut errors)),
         completed: object.get("completed").and_then(|value| completed(value, &mut errors)),
+        priority: object.get("priority").and_then(|value| priority(value, &mut errors)),
+        due_at: object.get("due_date").and_then(|value| due_date(value, &mut errors)),
+        tags: object.get("tags").and_then(|value| tags(value, &mut errors)),
     };
     if !errors.is_empty() {
         return Err(ApiError::Unprocessable(errors));
@@ -47,7 +58,7 @@ pub fn task_patch(body: &Value) -> Result<TaskPatch, ApiError> {
     if patch == TaskPatch::default() {
         return Err(ApiError::Unprocessable(vec![FieldError::new(
             "body",
-            "must contain at least one of title, description, completed",
+            "must contain at least one of title, description, completed, priority, due_date, tags",
         )]));
     }
     Ok(patch)
@@ -113,6 +124,99 @@ fn completed(value: &Value, errors: &mut Vec<FieldError>) -> Option<bool> {
     completed
 }
 
+fn priority(value: &Value, errors: &mut Vec<FieldError>) -> Option<Priority> {
+    let priority = value.as_str().and_then(Priority::parse);
+    if priority.is_none() {
+        errors.push(FieldError::new("priority", "must be one of low, medium, high, urgent"));
+    }
+    priority
+}
+
+/// `Some(None)` clears: `null`.
+fn due_date(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<DateTime<Utc>>> {
+    if value.is_null() {
+        return Some(None);
+    }
+    let parsed = value.as_str().and_then(date_or_date_time);
+    match parsed {
+        Some(at) if storable(&at) => Some(Some(at)),
+        Some(_) => {
+            errors.push(FieldError::new("due_date", "must be within the years 1 to 9999"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new(
+                "due_date",
+                "must be null, an RFC 3339 date-time or a date (YYYY-MM-DD)",
+            ));
+            None
+        }
+    }
+}
+
+/// An RFC 3339 date-time, or a full date meaning that day at 00:00 UTC.
+pub fn date_or_date_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    // Only the full `YYYY-MM-DD` form (chrono alone would take `2026-1-2`).
+    let well_formed = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().filter(|_| well_formed)?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc())
+}
+
+/// Trimmed, lower-cased, duplicates dropped (the first kept, in order); `null` is none.
+fn tags(value: &Value, errors: &mut Vec<FieldError>) -> Option<Vec<String>> {
+    // `null` is no tags: generated clients leave an empty array out, and send `null` to clear.
+    if value.is_null() {
+        return Some(Vec::new());
+    }
+    let Some(items) = value.as_array() else {
+        errors.push(FieldError::new("tags", "must be an array of strings"));
+        return None;
+    };
+    let mut tags: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let problem = match item.as_str().map(|tag| tag.trim().to_lowercase()) {
+            None => Some("must be an array of strings".to_owned()),
+            Some(tag) => match tag_problem(&tag) {
+                Some(problem) => Some(problem),
+                None => {
+                    if !tags.contains(&tag) {
+                        tags.push(tag);
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(problem) = problem {
+            errors.push(FieldError::new("tags", problem));
+            return None;
+        }
+    }
+    if tags.len() > TAGS_MAX {
+        errors.push(FieldError::new("tags", format!("must hold at most {TAGS_MAX} tags")));
+        return None;
+    }
+    Some(tags)
+}
+
+/// What is wrong with a tag (trimmed and lower-cased), if anything. Commas are refused because
+/// `tag=` filters take comma-separated lists.
+pub fn tag_problem(tag: &str) -> Option<String> {
+    if tag.is_empty() {
+        Some("each tag must not be blank".into())
+    } else if tag.chars().count() > TAG_MAX_CHARS {
+        Some(format!("each tag must be at most {TAG_MAX_CHARS} characters"))
+    } else if tag.contains(',') {
+        Some("a tag must not contain a comma".into())
+    } else if tag.chars().any(char::is_control) {
+        Some("a tag must not contain control characters".into())
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -155,6 +259,51 @@ mod tests {
     }
 
     #[test]
+    fn priority_due_date_and_tags_are_normalised() {
+        let task = new_task(&json!({
+            "title": "t",
+            "priority": "High",
+            "due_date": "2026-12-24",
+            "tags": [" Work ", "home", "work"]
+        }))
+        .unwrap();
+        assert_eq!(task.priority, Priority::High);
+        assert_eq!(task.due_at.unwrap().to_rfc3339(), "2026-12-24T00:00:00+00:00");
+        assert_eq!(task.tags, ["work", "home"]);
+        let task = new_task(&json!({"title": "t", "due_date": "2026-12-24T10:00:00+02:00"}));
+        assert_eq!(task.unwrap().due_at.unwrap().to_rfc3339(), "2026-12-24T08:00:00+00:00");
+        let defaults = new_task(&json!({"title": "t"})).unwrap();
+        assert_eq!(
+            (defaults.priority, defaults.due_at, defaults.tags),
+            (Priority::Medium, None, vec![])
+        );
+    }
+
+    #[test]
+    fn bad_priority_due_date_and_tags_are_named() {
+        for (body, field) in [
+            (json!({"title": "t", "priority": "highest"}), "priority"),
+            (json!({"title": "t", "priority": 2}), "priority"),
+            (json!({"title": "t", "due_date": "tomorrow"}), "due_date"),
+            (json!({"title": "t", "due_date": "2026-1-2"}), "due_date"),
+            (json!({"title": "t", "due_date": "10000-01-01"}), "due_date"),
+            (json!({"title": "t", "tags": "work"}), "tags"),
+            (json!({"title": "t", "tags": [" "]}), "tags"),
+            (json!({"title": "t", "tags": ["x".repeat(33)]}), "tags"),
+            (json!({"title": "t", "tags": ["a,b"]}), "tags"),
+            (json!({"title": "t", "tags": [1]}), "tags"),
+            (
+                json!({"title": "t", "tags": (0..21).map(|n| n.to_string()).collect::<Vec<_>>()}),
+                "tags",
+            ),
+        ] {
+            assert_eq!(fields(new_task(&body).unwrap_err()), [field], "{body}");
+        }
+        let same: Vec<String> = (0..30).map(|_| "a".to_owned()).collect();
+        assert_eq!(new_task(&json!({"title": "t", "tags": same})).unwrap().tags, ["a"]);
+    }
+
+    #[test]
     fn update_needs_a_known_field_and_rejects_null_title() {
         assert_eq!(fields(task_patch(&json!({})).unwrap_err()), ["body"]);
         assert_eq!(fields(task_patch(&json!({"foo": 1})).unwrap_err()), ["body"]);
@@ -163,5 +312,7 @@ mod tests {
         assert_eq!(patch.description, Some(None));
         let patch = task_patch(&json!({"completed": true})).unwrap();
         assert_eq!(patch.completed, Some(true));
+        let patch = task_patch(&json!({"due_date": null, "tags": []})).unwrap();
+        assert_eq!((patch.due_at, patch.tags), (Some(None), Some(vec![])));
     }
 }

@@ -7,8 +7,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use super::{
-    Claim, Feed, IdempotencyKey, ListQuery, NewTask, Page, PoolStatus, Precondition, Purged,
-    StatusFilter, StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written,
+    Claim, Feed, Filter, IdempotencyKey, ListQuery, NewTask, Page, PoolStatus, Precondition,
+    Purged, StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written,
 };
 
 pub struct Deadline {
@@ -42,9 +42,9 @@ impl TaskStore for Deadline {
         &self,
         owner: &str,
         ids: &[i64],
-        status: StatusFilter,
+        filter: &Filter,
     ) -> StoreResult<Vec<Task>> {
-        bounded(self.limit, self.inner.tasks_by_id(owner, ids, status)).await
+        bounded(self.limit, self.inner.tasks_by_id(owner, ids, filter)).await
     }
 
     async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed> {

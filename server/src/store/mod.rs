@@ -32,16 +32,80 @@ pub struct Task {
     pub title: String,
     pub description: Option<String>,
     pub completed: bool,
+    #[sqlx(try_from = "i16")]
+    pub priority: Priority,
+    pub due_at: Option<DateTime<Utc>>,
+    /// Lower case, unique, in the order first given.
+    #[sqlx(json)]
+    pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
+/// The columns of a [`Task`], in the order of its fields (tags as JSON text on SQLite, `jsonb` on
+/// PostgreSQL); a macro, so that statements stay `&'static str` built by `concat!`.
+macro_rules! task_columns {
+    () => {
+        "id, user_id, title, description, completed, priority, due_at, tags, created_at, updated_at"
+    };
+}
+use task_columns;
+const TASK_COLUMNS: &str = task_columns!();
+
+/// How urgent a task is, from low to urgent; stored as its rank (0 to 3), so that sorting by
+/// priority is sorting by a number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    #[default]
+    Medium,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] =
+        [Priority::Low, Priority::Medium, Priority::High, Priority::Urgent];
+
+    pub fn rank(self) -> i16 {
+        self as i16
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+
+    /// A priority by name, in any case (`"High"`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|priority| priority.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl TryFrom<i16> for Priority {
+    type Error = String;
+
+    fn try_from(rank: i16) -> Result<Self, String> {
+        usize::try_from(rank)
+            .ok()
+            .and_then(|rank| Self::ALL.get(rank).copied())
+            .ok_or_else(|| format!("no priority has rank {rank}"))
+    }
+}
+
 /// A validated task to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewTask {
     pub title: String,
     pub description: Option<String>,
     pub completed: bool,
+    pub priority: Priority,
+    pub due_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
 }
 
 /// A validated partial update: `None` leaves a field as it is.
@@ -51,6 +115,11 @@ pub struct TaskPatch {
     /// `Some(None)` clears the description.
     pub description: Option<Option<String>>,
     pub completed: Option<bool>,
+    pub priority: Option<Priority>,
+    /// `Some(None)` clears the due date.
+    pub due_at: Option<Option<DateTime<Utc>>>,
+    /// Replaces the whole set.
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +136,10 @@ pub enum SortKey {
     Created,
     Updated,
     Title,
+    /// Tasks without a due date last, in either order.
+    DueDate,
+    /// By rank: ascending is low first.
+    Priority,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,10 +164,35 @@ pub enum Written<T> {
     PreconditionFailed,
 }
 
+/// Which of an owner's tasks a listing holds; every condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub status: StatusFilter,
+    /// A substring of the title or the description, in any letter case.
+    pub search: Option<String>,
+    /// Any of these priorities; empty: any priority.
+    pub priorities: Vec<Priority>,
+    /// Carrying every one of these tags.
+    pub tags: Vec<String>,
+    /// Due at or after this time.
+    pub due_after: Option<DateTime<Utc>>,
+    /// Due before this time.
+    pub due_before: Option<DateTime<Utc>>,
+    /// Not completed and due before this time (`overdue=true`: now).
+    pub overdue_at: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    /// Only `status`: the stored counts answer the total.
+    fn is_status_only(&self) -> bool {
+        *self == Filter { status: self.status, ..Filter::default() }
+    }
+}
+
 /// Which of an owner's tasks to list, in which order. Ties are broken by id, so pages are stable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
-    pub status: StatusFilter,
+    pub filter: Filter,
     pub sort: SortKey,
     pub order: SortOrder,
     pub limit: Option<i64>,
@@ -105,7 +203,7 @@ pub struct ListQuery {
 }
 
 /// A position in a listing: the sort value and id of the last task of a page. Its `value`
-/// matches the listing's sort key (a time for `Created`/`Updated`, a title for `Title`).
+/// matches the listing's sort key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub value: SortValue,
@@ -114,8 +212,12 @@ pub struct Cursor {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SortValue {
+    /// `Created`, `Updated`.
     Time(DateTime<Utc>),
     Title(String),
+    DueDate(Option<DateTime<Utc>>),
+    /// A [`Priority::rank`].
+    Priority(i16),
 }
 
 impl Cursor {
@@ -125,6 +227,8 @@ impl Cursor {
             SortKey::Created => SortValue::Time(task.created_at),
             SortKey::Updated => SortValue::Time(task.updated_at),
             SortKey::Title => SortValue::Title(task.title.clone()),
+            SortKey::DueDate => SortValue::DueDate(task.due_at),
+            SortKey::Priority => SortValue::Priority(task.priority.rank()),
         };
         Self { value, id: task.id }
     }
@@ -202,12 +306,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait TaskStore: Send + Sync + 'static {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page>;
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>>;
-    /// Those of `ids` that are the owner's and still match `status`, in any order.
+    /// Those of `ids` that are the owner's and still match `filter`, in any order.
     async fn tasks_by_id(
         &self,
         owner: &str,
         ids: &[i64],
-        status: StatusFilter,
+        filter: &Filter,
     ) -> StoreResult<Vec<Task>>;
     /// The owner's change log after the version `since`, in commit order, at most `limit`
     /// changes, each task once in its latest state. Without `since`: every live task (a full
@@ -481,6 +585,9 @@ struct FeedRow<T> {
     title: Option<String>,
     description: Option<String>,
     completed: Option<bool>,
+    priority: Option<i16>,
+    due_at: Option<T>,
+    tags: Option<sqlx::types::Json<Vec<String>>>,
     created_at: Option<T>,
     updated_at: Option<T>,
 }
@@ -502,14 +609,18 @@ fn assemble_feed<T>(
     let mut versions = Vec::with_capacity(rows.len());
     for row in rows {
         let (Some(version), Some(id)) = (row.version, row.id) else { continue };
-        let change = match (row.title, row.completed, row.created_at, row.updated_at) {
-            (Some(title), Some(completed), Some(created_at), Some(updated_at)) => {
+        let change = match (row.title, row.completed, row.priority, row.created_at, row.updated_at)
+        {
+            (Some(title), Some(completed), Some(priority), Some(created_at), Some(updated_at)) => {
                 Change::Upsert(Task {
                     id,
                     user_id: owner.to_owned(),
                     title,
                     description: row.description,
                     completed,
+                    priority: Priority::try_from(priority).map_err(anyhow::Error::msg)?,
+                    due_at: row.due_at.map(&time).transpose()?,
+                    tags: row.tags.map(|tags| tags.0).unwrap_or_default(),
                     created_at: time(created_at)?,
                     updated_at: time(updated_at)?,
                 })
@@ -593,8 +704,8 @@ where
         let ids = ids().await?;
         return Ok(Page { tasks: Vec::new(), total: ids.len() as i64, next: None, ids: Some(ids) });
     }
-    // Each row carries the stored total; a page past the end (by `offset` or `after`) has no
-    // row, and so `count` is asked.
+    // Each row carries the total; a page past the end (by `offset` or `after`) has no row, and
+    // so `count` is asked.
     let total = match first_total {
         Some(total) => total,
         None if query.offset > 0 || query.after.is_some() => count().await?,
@@ -604,66 +715,166 @@ where
     Ok(Page { tasks, total, next, ids: None })
 }
 
-/// `SELECT id` of every task of the owner's listing, in its order (from `status`, `sort` and
-/// `order`; not paged).
-fn ids_statement<DB: sqlx::Database>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
+/// What the two SQL dialects spell or bind differently when a listing is built; everything
+/// else about a listing's statement is written once, here.
+trait Dialect: sqlx::Database + Sized
 where
-    DB::Arguments: Default,
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Self::Arguments: Default,
 {
-    let mut sql = QueryBuilder::new("SELECT id FROM tasks WHERE user_id = ");
-    sql.push_bind(owner)
-        .push(status_condition(query.status))
-        .push(order_by(query.sort, query.order));
-    sql
+    /// The case-insensitive `LIKE`.
+    const ILIKE: &'static str;
+    fn bind_text(sql: &mut QueryBuilder<Self>, value: &str);
+    fn bind_int(sql: &mut QueryBuilder<Self>, value: i64);
+    fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>);
 }
 
-/// The start of a listing's statement, up to the owner's value. When paging, each row carries
-/// the owner's total from `task_counts`; otherwise the whole list's total is its length.
-fn list_start<DB: sqlx::Database>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
+/// The full listing statement: the owner's tasks matching the filter, after the cursor, in
+/// order, one row past `limit`, each row with the total.
+fn list_statement<DB: Dialect>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
 where
     DB::Arguments: Default,
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut sql = QueryBuilder::new(
-        "SELECT id, user_id, title, description, completed, created_at, updated_at, ",
-    );
-    if query.is_paged() {
-        push_stored_count(&mut sql, owner, query.status);
-    } else {
-        sql.push("CAST(0 AS BIGINT)");
-    }
-    sql.push(" AS total FROM tasks WHERE user_id = ").push_bind(owner);
-    sql
-}
-
-/// `SELECT` the owner's number of tasks matching `status`.
-fn count_statement<DB: sqlx::Database>(owner: &str, status: StatusFilter) -> QueryBuilder<DB>
-where
-    DB::Arguments: Default,
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     let mut sql = QueryBuilder::new("SELECT ");
-    push_stored_count(&mut sql, owner, status);
+    sql.push(TASK_COLUMNS).push(", ");
+    if query.is_paged() {
+        push_count(&mut sql, owner, &query.filter);
+    } else {
+        // A whole list's total is its length.
+        sql.push("CAST(0 AS BIGINT)");
+    }
+    sql.push(" AS total FROM tasks WHERE user_id = ");
+    DB::bind_text(&mut sql, owner);
+    push_filter(&mut sql, owner, &query.filter);
+    if let Some(after) = &query.after {
+        push_after(&mut sql, query.sort, query.order, after);
+    }
+    sql.push(order_by(query.sort, query.order));
+    sql.push(" LIMIT ");
+    DB::bind_int(&mut sql, query.fetch_limit());
+    if query.offset > 0 {
+        sql.push(" OFFSET ");
+        DB::bind_int(&mut sql, query.offset);
+    }
     sql
 }
 
-/// The owner's number of tasks matching `status`, from `task_counts` (kept by triggers with
-/// every write, see the migration); 0 for an owner with no row there yet.
-fn push_stored_count<DB: sqlx::Database>(
-    sql: &mut QueryBuilder<DB>,
-    owner: &str,
-    status: StatusFilter,
-) where
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+/// `SELECT id` of every task of the owner's listing, in its order (not paged).
+fn ids_statement<DB: Dialect>(owner: &str, query: &ListQuery) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
 {
-    let count = match status {
-        StatusFilter::All => "total",
-        StatusFilter::Pending => "total - completed",
-        StatusFilter::Completed => "completed",
-    };
-    sql.push("COALESCE((SELECT ").push(count).push(" FROM task_counts WHERE user_id = ");
-    sql.push_bind(owner).push("), 0)");
+    let mut sql = QueryBuilder::new("SELECT id FROM tasks WHERE user_id = ");
+    DB::bind_text(&mut sql, owner);
+    push_filter(&mut sql, owner, &query.filter);
+    sql.push(order_by(query.sort, query.order));
+    sql
+}
+
+/// The owner's tasks among `ids` that match `filter`, `ids` bound by the caller after the
+/// statement's end (`… AND id IN (` or `= ANY(`).
+fn by_id_statement<DB: Dialect>(owner: &str, filter: &Filter) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+{
+    let mut sql = QueryBuilder::new("SELECT ");
+    sql.push(TASK_COLUMNS).push(" FROM tasks WHERE user_id = ");
+    DB::bind_text(&mut sql, owner);
+    push_filter(&mut sql, owner, filter);
+    sql
+}
+
+/// `SELECT` the owner's number of tasks matching `filter`.
+fn count_statement<DB: Dialect>(owner: &str, filter: &Filter) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+{
+    let mut sql = QueryBuilder::new("SELECT ");
+    push_count(&mut sql, owner, filter);
+    sql
+}
+
+/// The owner's number of tasks matching `filter`. A status alone is answered by `task_counts`
+/// (kept by triggers with every write, see the migrations; 0 for an owner with no row there
+/// yet); any other filter counts the matching rows through the same indexes as the listing,
+/// at most `MAX_TASKS_PER_USER` of them.
+fn push_count<DB: Dialect>(sql: &mut QueryBuilder<DB>, owner: &str, filter: &Filter)
+where
+    DB::Arguments: Default,
+{
+    if filter.is_status_only() {
+        let count = match filter.status {
+            StatusFilter::All => "total",
+            StatusFilter::Pending => "total - completed",
+            StatusFilter::Completed => "completed",
+        };
+        sql.push("COALESCE((SELECT ").push(count).push(" FROM task_counts WHERE user_id = ");
+        DB::bind_text(sql, owner);
+        sql.push("), 0)");
+    } else {
+        sql.push("(SELECT count(*) FROM tasks WHERE user_id = ");
+        DB::bind_text(sql, owner);
+        push_filter(sql, owner, filter);
+        sql.push(")");
+    }
+}
+
+/// The filter's conditions, each ` AND …`, after `WHERE user_id = owner`.
+fn push_filter<DB: Dialect>(sql: &mut QueryBuilder<DB>, owner: &str, filter: &Filter)
+where
+    DB::Arguments: Default,
+{
+    sql.push(match filter.status {
+        StatusFilter::All => "",
+        StatusFilter::Pending => " AND NOT completed",
+        StatusFilter::Completed => " AND completed",
+    });
+    if let Some(search) = &filter.search {
+        let pattern = format!("%{}%", escape_like(search));
+        sql.push(" AND (title ").push(DB::ILIKE).push(" ");
+        DB::bind_text(sql, &pattern);
+        sql.push(" ESCAPE '\\' OR description ").push(DB::ILIKE).push(" ");
+        DB::bind_text(sql, &pattern);
+        sql.push(" ESCAPE '\\')");
+    }
+    if !filter.priorities.is_empty() {
+        sql.push(" AND priority IN (");
+        for (index, priority) in filter.priorities.iter().enumerate() {
+            sql.push(if index == 0 { "" } else { ", " });
+            DB::bind_int(sql, priority.rank().into());
+        }
+        sql.push(")");
+    }
+    for tag in &filter.tags {
+        sql.push(" AND id IN (SELECT task_id FROM task_tags WHERE user_id = ");
+        DB::bind_text(sql, owner);
+        sql.push(" AND tag = ");
+        DB::bind_text(sql, tag);
+        sql.push(")");
+    }
+    if let Some(at) = filter.due_after {
+        sql.push(" AND due_at >= ");
+        DB::bind_time(sql, at);
+    }
+    if let Some(at) = filter.due_before {
+        sql.push(" AND due_at < ");
+        DB::bind_time(sql, at);
+    }
+    if let Some(at) = filter.overdue_at {
+        sql.push(" AND NOT completed AND due_at < ");
+        DB::bind_time(sql, at);
+    }
+}
+
+/// `text` with `LIKE`'s wildcards and its escape character escaped (by `\`).
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
 }
 
 /// Drops the extra task fetched by [`ListQuery::fetch_limit`], if it came, and says where the
@@ -677,28 +888,53 @@ fn split_page(query: &ListQuery, tasks: &mut Vec<Task>) -> Option<Cursor> {
     tasks.last().map(|task| Cursor::at(task, query.sort))
 }
 
-/// The keyset condition for `after`, up to its sort value; then `, ` and its id, then `)`.
-fn after_condition(sort: SortKey, order: SortOrder) -> &'static str {
-    match (sort, order) {
-        (SortKey::Created, SortOrder::Asc) => " AND (created_at, id) > (",
-        (SortKey::Created, SortOrder::Desc) => " AND (created_at, id) < (",
-        (SortKey::Updated, SortOrder::Asc) => " AND (updated_at, id) > (",
-        (SortKey::Updated, SortOrder::Desc) => " AND (updated_at, id) < (",
-        (SortKey::Title, SortOrder::Asc) => " AND (title, id) > (",
-        (SortKey::Title, SortOrder::Desc) => " AND (title, id) < (",
+/// The keyset condition: only tasks after `after` in the listing's order (see [`order_by`]).
+fn push_after<DB: Dialect>(
+    sql: &mut QueryBuilder<DB>,
+    sort: SortKey,
+    order: SortOrder,
+    after: &Cursor,
+) where
+    DB::Arguments: Default,
+{
+    let beyond = match order {
+        SortOrder::Asc => ">",
+        SortOrder::Desc => "<",
+    };
+    let column = match sort {
+        SortKey::Created => "created_at",
+        SortKey::Updated => "updated_at",
+        SortKey::Title => "title",
+        SortKey::DueDate => "due_at",
+        SortKey::Priority => "priority",
+    };
+    match &after.value {
+        // Tasks without a due date come last: after one of them, only others without one.
+        SortValue::DueDate(None) => {
+            sql.push(" AND due_at IS NULL AND id ").push(beyond).push(" ");
+            DB::bind_int(sql, after.id);
+            return;
+        }
+        SortValue::DueDate(Some(_)) => {
+            sql.push(" AND (due_at IS NULL OR (due_at, id) ").push(beyond).push(" (");
+        }
+        _ => {
+            sql.push(" AND (").push(column).push(", id) ").push(beyond).push(" (");
+        }
     }
+    match &after.value {
+        SortValue::Time(at) | SortValue::DueDate(Some(at)) => DB::bind_time(sql, *at),
+        SortValue::Title(title) => DB::bind_text(sql, title),
+        SortValue::Priority(rank) => DB::bind_int(sql, (*rank).into()),
+        SortValue::DueDate(None) => unreachable!("answered above"),
+    }
+    sql.push(", ");
+    DB::bind_int(sql, after.id);
+    sql.push(if matches!(after.value, SortValue::DueDate(_)) { "))" } else { ")" });
 }
 
-/// The owner-scoped filter for a listing; both dialects spell it the same way.
-fn status_condition(status: StatusFilter) -> &'static str {
-    match status {
-        StatusFilter::All => "",
-        StatusFilter::Pending => " AND NOT completed",
-        StatusFilter::Completed => " AND completed",
-    }
-}
-
-/// The listing order, with `id` as the tie-break so that pages never overlap or skip.
+/// The listing order, with `id` as the tie-break so that pages never overlap or skip. Tasks
+/// without a due date sort last either way (the due-date index leads with `due_at IS NULL`).
 fn order_by(sort: SortKey, order: SortOrder) -> &'static str {
     match (sort, order) {
         (SortKey::Created, SortOrder::Asc) => " ORDER BY created_at ASC, id ASC",
@@ -707,6 +943,10 @@ fn order_by(sort: SortKey, order: SortOrder) -> &'static str {
         (SortKey::Updated, SortOrder::Desc) => " ORDER BY updated_at DESC, id DESC",
         (SortKey::Title, SortOrder::Asc) => " ORDER BY title ASC, id ASC",
         (SortKey::Title, SortOrder::Desc) => " ORDER BY title DESC, id DESC",
+        (SortKey::DueDate, SortOrder::Asc) => " ORDER BY due_at IS NULL, due_at ASC, id ASC",
+        (SortKey::DueDate, SortOrder::Desc) => " ORDER BY due_at IS NULL, due_at DESC, id DESC",
+        (SortKey::Priority, SortOrder::Asc) => " ORDER BY priority ASC, id ASC",
+        (SortKey::Priority, SortOrder::Desc) => " ORDER BY priority DESC, id DESC",
     }
 }
 

@@ -17,15 +17,32 @@ use chrono::{DateTime, Utc};
 use sqlx::{
     FromRow, PgConnection, PgPool, Postgres, QueryBuilder,
     postgres::{PgConnectOptions, PgPoolOptions},
+    types::Json,
 };
 
 use super::{
-    Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
-    PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
-    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
-    assemble_feed, count_statement, ids_statement, into_page, kept_claim, list_start, order_by,
-    status_condition, wait_until_reachable, written,
+    Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, IdempotencyKey, ListQuery,
+    NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
+    StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
+    count_statement, ids_statement, into_page, kept_claim, list_statement, task_columns,
+    wait_until_reachable, written,
 };
+
+impl Dialect for Postgres {
+    const ILIKE: &'static str = "ILIKE";
+
+    fn bind_text(sql: &mut QueryBuilder<Self>, value: &str) {
+        sql.push_bind(value.to_owned());
+    }
+
+    fn bind_int(sql: &mut QueryBuilder<Self>, value: i64) {
+        sql.push_bind(value);
+    }
+
+    fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>) {
+        sql.push_bind(value);
+    }
+}
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -160,10 +177,11 @@ const FEED: &str = "WITH owner AS ( \
         SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
         FROM task_counts WHERE user_id = $1 \
     ), changed AS ( \
-        (SELECT version, id, title, description, completed, created_at, updated_at \
+        (SELECT version, id, title, description, completed, priority, due_at, tags, \
+             created_at, updated_at \
          FROM tasks WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $4) \
         UNION ALL \
-        (SELECT version, id, NULL, NULL, NULL, NULL, NULL \
+        (SELECT version, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
          FROM task_tombstones WHERE user_id = $1 AND version > $2 AND $3 ORDER BY version LIMIT $4) \
     ) \
     SELECT owner.current, owner.purged, changed.* FROM owner LEFT JOIN changed ON TRUE \
@@ -172,21 +190,7 @@ const FEED: &str = "WITH owner AS ( \
 #[async_trait]
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = list_start::<Postgres>(owner, query);
-        sql.push(status_condition(query.status));
-        if let Some(after) = &query.after {
-            sql.push(after_condition(query.sort, query.order));
-            match &after.value {
-                SortValue::Time(at) => sql.push_bind(*at),
-                SortValue::Title(title) => sql.push_bind(title.as_str()),
-            };
-            sql.push(", ").push_bind(after.id).push(")");
-        }
-        sql.push(order_by(query.sort, query.order));
-        sql.push(" LIMIT ").push_bind(query.fetch_limit());
-        if query.offset > 0 {
-            sql.push(" OFFSET ").push_bind(query.offset);
-        }
+        let mut sql = list_statement::<Postgres>(owner, query);
         let rows: Vec<ListedRow> = self
             .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
             .await?;
@@ -196,7 +200,7 @@ impl TaskStore for PostgresStore {
             query,
             tasks,
             first_total,
-            || self.count(owner, query.status),
+            || self.count(owner, &query.filter),
             || {
                 let mut sql = ids_statement::<Postgres>(owner, query);
                 self.call(async move |db| {
@@ -211,14 +215,10 @@ impl TaskStore for PostgresStore {
         &self,
         owner: &str,
         ids: &[i64],
-        status: StatusFilter,
+        filter: &Filter,
     ) -> StoreResult<Vec<Task>> {
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at \
-             FROM tasks WHERE user_id = ",
-        );
-        sql.push_bind(owner).push(" AND id = ANY(").push_bind(ids).push(")");
-        sql.push(status_condition(status));
+        let mut sql = by_id_statement::<Postgres>(owner, filter);
+        sql.push(" AND id = ANY(").push_bind(ids).push(")");
         self.call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
             .await
     }
@@ -357,8 +357,8 @@ impl TaskStore for PostgresStore {
 }
 
 impl PostgresStore {
-    async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = count_statement::<Postgres>(owner, status);
+    async fn count(&self, owner: &str, filter: &Filter) -> StoreResult<i64> {
+        let mut sql = count_statement::<Postgres>(owner, filter);
         self.call(async |db| sql.build_query_scalar().persistent(self.prepared).fetch_one(db).await)
             .await
     }
@@ -386,21 +386,25 @@ impl Writes for PgWrites {
         // The owner's row is taken first (created if need be, so that a brand-new owner's first
         // creates take turns too), and the count read under that lock: exact under any
         // concurrency. The trigger then counts the new task on the same row.
-        let created = sqlx::query_as(
+        let created = sqlx::query_as(concat!(
             "WITH owner AS ( \
                  INSERT INTO task_counts AS counts (user_id, total, completed, version) \
                  VALUES ($1, 0, 0, 0) \
                  ON CONFLICT (user_id) DO UPDATE SET total = counts.total \
                  RETURNING total) \
-             INSERT INTO tasks (user_id, title, description, completed) \
-             SELECT $1, $2, $3, $4 FROM owner WHERE owner.total < $5 \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             INSERT INTO tasks (user_id, title, description, completed, priority, due_at, tags) \
+             SELECT $1, $2, $3, $4, $6, $7, $8 FROM owner WHERE owner.total < $5 \
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(&self.owner)
         .bind(&task.title)
         .bind(&task.description)
         .bind(task.completed)
         .bind(self.max_tasks)
+        .bind(task.priority.rank())
+        .bind(task.due_at)
+        .bind(Json(&task.tags))
         .persistent(self.prepared)
         .fetch_optional(self.db.get())
         .await?;
@@ -414,16 +418,20 @@ impl Writes for PgWrites {
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
         // `updated_at` strictly moves forward even if two writes share a clock tick.
-        let row = sqlx::query_as(
+        let row = sqlx::query_as(concat!(
             "UPDATE tasks SET \
                  title = COALESCE($3, title), \
                  description = CASE WHEN $4 THEN $5 ELSE description END, \
                  completed = COALESCE($6, completed), \
+                 priority = COALESCE($8, priority), \
+                 due_at = CASE WHEN $9 THEN $10 ELSE due_at END, \
+                 tags = COALESCE($11, tags), \
                  updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
              WHERE id = $1 AND user_id = $2 \
                AND ($7::timestamptz[] IS NULL OR updated_at = ANY($7)) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(id)
         .bind(&self.owner)
         .bind(&patch.title)
@@ -431,6 +439,10 @@ impl Writes for PgWrites {
         .bind(patch.description.as_ref().and_then(Option::as_deref))
         .bind(patch.completed)
         .bind(precondition.0.as_deref())
+        .bind(patch.priority.map(Priority::rank))
+        .bind(patch.due_at.is_some())
+        .bind(patch.due_at.flatten())
+        .bind(patch.tags.as_ref().map(Json))
         .persistent(self.prepared)
         .fetch_optional(self.db.get())
         .await?;
@@ -442,13 +454,14 @@ impl Writes for PgWrites {
         id: i64,
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
-        let row = sqlx::query_as(
+        let row = sqlx::query_as(concat!(
             "UPDATE tasks SET completed = NOT completed, \
                  updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
              WHERE id = $1 AND user_id = $2 \
                AND ($3::timestamptz[] IS NULL OR updated_at = ANY($3)) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(id)
         .bind(&self.owner)
         .bind(precondition.0.as_deref())
@@ -511,10 +524,11 @@ async fn get(
     owner: &str,
     id: i64,
 ) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, user_id, title, description, completed, created_at, updated_at \
-         FROM tasks WHERE id = $1 AND user_id = $2",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE id = $1 AND user_id = $2"
+    ))
     .bind(id)
     .bind(owner)
     .persistent(prepared)

@@ -17,17 +17,35 @@ use chrono::{DateTime, Utc};
 use sqlx::{
     FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    types::Json,
 };
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    Claim, ConnectOptions, Connection, Feed, FeedRow, IdempotencyKey, ListQuery, NewTask,
-    PURGE_BATCH, Page, PoolStatus, Precondition, Purged, Retention, SortValue, StatusFilter,
-    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, after_condition,
-    assemble_feed, count_statement, ids_statement, into_page, kept_claim, list_start, order_by,
-    status_condition, wait_until_reachable, written,
+    Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, IdempotencyKey, ListQuery,
+    NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
+    StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
+    count_statement, ids_statement, into_page, kept_claim, list_statement, task_columns,
+    wait_until_reachable, written,
 };
+
+impl Dialect for Sqlite {
+    /// SQLite's `LIKE` ignores the case of ASCII letters only (without the ICU extension).
+    const ILIKE: &'static str = "LIKE";
+
+    fn bind_text(sql: &mut QueryBuilder<Self>, value: &str) {
+        sql.push_bind(value.to_owned());
+    }
+
+    fn bind_int(sql: &mut QueryBuilder<Self>, value: i64) {
+        sql.push_bind(value);
+    }
+
+    fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>) {
+        sql.push_bind(value.timestamp_micros());
+    }
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -45,6 +63,9 @@ struct TaskRow {
     title: String,
     description: Option<String>,
     completed: bool,
+    priority: i16,
+    due_at: Option<i64>,
+    tags: Json<Vec<String>>,
     created_at: i64,
     updated_at: i64,
 }
@@ -68,6 +89,9 @@ impl TryFrom<TaskRow> for Task {
             title: row.title,
             description: row.description,
             completed: row.completed,
+            priority: Priority::try_from(row.priority).map_err(anyhow::Error::msg)?,
+            due_at: row.due_at.map(timestamp).transpose()?,
+            tags: row.tags.0,
         })
     }
 }
@@ -131,8 +155,8 @@ impl SqliteStore {
         })
     }
 
-    async fn count(&self, owner: &str, status: StatusFilter) -> StoreResult<i64> {
-        let mut sql = count_statement::<Sqlite>(owner, status);
+    async fn count(&self, owner: &str, filter: &Filter) -> StoreResult<i64> {
+        let mut sql = count_statement::<Sqlite>(owner, filter);
         Ok(sql.build_query_scalar().fetch_one(&self.pool).await?)
     }
 }
@@ -143,10 +167,11 @@ const FEED: &str = "WITH owner AS ( \
         SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
         FROM task_counts WHERE user_id = $1 \
     ), changed AS ( \
-        SELECT * FROM (SELECT version, id, title, description, completed, created_at, updated_at \
+        SELECT * FROM (SELECT version, id, title, description, completed, priority, due_at, tags, \
+                created_at, updated_at \
             FROM tasks WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $4) \
         UNION ALL \
-        SELECT * FROM (SELECT version, id, NULL, NULL, NULL, NULL, NULL \
+        SELECT * FROM (SELECT version, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
             FROM task_tombstones WHERE user_id = $1 AND version > $2 AND $3 \
             ORDER BY version LIMIT $4) \
     ) \
@@ -156,21 +181,7 @@ const FEED: &str = "WITH owner AS ( \
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
-        let mut sql = list_start::<Sqlite>(owner, query);
-        sql.push(status_condition(query.status));
-        if let Some(after) = &query.after {
-            sql.push(after_condition(query.sort, query.order));
-            match &after.value {
-                SortValue::Time(at) => sql.push_bind(at.timestamp_micros()),
-                SortValue::Title(title) => sql.push_bind(title.as_str()),
-            };
-            sql.push(", ").push_bind(after.id).push(")");
-        }
-        sql.push(order_by(query.sort, query.order));
-        sql.push(" LIMIT ").push_bind(query.fetch_limit());
-        if query.offset > 0 {
-            sql.push(" OFFSET ").push_bind(query.offset);
-        }
+        let mut sql = list_statement::<Sqlite>(owner, query);
         let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         let first_total = rows.first().map(|row| row.total);
         let tasks =
@@ -179,7 +190,7 @@ impl TaskStore for SqliteStore {
             query,
             tasks,
             first_total,
-            || self.count(owner, query.status),
+            || self.count(owner, &query.filter),
             || async {
                 let mut sql = ids_statement::<Sqlite>(owner, query);
                 Ok(sql.build_query_scalar().fetch_all(&self.pool).await?)
@@ -192,16 +203,12 @@ impl TaskStore for SqliteStore {
         &self,
         owner: &str,
         ids: &[i64],
-        status: StatusFilter,
+        filter: &Filter,
     ) -> StoreResult<Vec<Task>> {
         // SQLite has no array parameters: the ids go as a JSON array.
         let ids = serde_json::to_string(ids).map_err(anyhow::Error::from)?;
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at \
-             FROM tasks WHERE user_id = ",
-        );
-        sql.push_bind(owner).push(" AND id IN (SELECT value FROM json_each(").push_bind(ids);
-        sql.push("))").push(status_condition(status));
+        let mut sql = by_id_statement::<Sqlite>(owner, filter);
+        sql.push(" AND id IN (SELECT value FROM json_each(").push_bind(ids).push("))");
         let rows: Vec<TaskRow> = sql.build_query_as().fetch_all(&self.pool).await?;
         rows.into_iter().map(Task::try_from).collect()
     }
@@ -334,18 +341,23 @@ impl SqliteWrites {
 impl Writes for SqliteWrites {
     async fn create(&mut self, task: &NewTask) -> StoreResult<Task> {
         // One writer at a time: the count read here is the count the insert lands on.
-        let row: Option<TaskRow> = sqlx::query_as(
-            "INSERT INTO tasks (user_id, title, description, completed, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $5 \
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "INSERT INTO tasks (user_id, title, description, completed, priority, due_at, tags, \
+                 created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $7, $8, $9, $5, $5 \
              WHERE COALESCE((SELECT total FROM task_counts WHERE user_id = $1), 0) < $6 \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(&self.owner)
         .bind(&task.title)
         .bind(&task.description)
         .bind(task.completed)
         .bind(now_micros())
         .bind(self.max_tasks)
+        .bind(task.priority.rank())
+        .bind(task.due_at.map(|at| at.timestamp_micros()))
+        .bind(Json(&task.tags))
         .fetch_optional(self.db.get())
         .await?;
         row.ok_or(StoreError::TaskLimitReached)?.try_into()
@@ -357,16 +369,20 @@ impl Writes for SqliteWrites {
         patch: &TaskPatch,
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
-        let row = sqlx::query_as(
+        let row = sqlx::query_as(concat!(
             "UPDATE tasks SET \
                  title = COALESCE($3, title), \
                  description = CASE WHEN $4 THEN $5 ELSE description END, \
                  completed = COALESCE($6, completed), \
+                 priority = COALESCE($9, priority), \
+                 due_at = CASE WHEN $10 THEN $11 ELSE due_at END, \
+                 tags = COALESCE($12, tags), \
                  updated_at = max($7, updated_at + 1) \
              WHERE id = $1 AND user_id = $2 \
                AND ($8 IS NULL OR updated_at IN (SELECT value FROM json_each($8))) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(id)
         .bind(&self.owner)
         .bind(&patch.title)
@@ -375,6 +391,10 @@ impl Writes for SqliteWrites {
         .bind(patch.completed)
         .bind(now_micros())
         .bind(expected_micros(precondition))
+        .bind(patch.priority.map(Priority::rank))
+        .bind(patch.due_at.is_some())
+        .bind(patch.due_at.flatten().map(|at| at.timestamp_micros()))
+        .bind(patch.tags.as_ref().map(Json))
         .fetch_optional(self.db.get())
         .await?;
         written(into_task(row)?, precondition, || self.exists(id)).await
@@ -385,12 +405,13 @@ impl Writes for SqliteWrites {
         id: i64,
         precondition: &Precondition,
     ) -> StoreResult<Written<Task>> {
-        let row = sqlx::query_as(
+        let row = sqlx::query_as(concat!(
             "UPDATE tasks SET completed = NOT completed, updated_at = max($3, updated_at + 1) \
              WHERE id = $1 AND user_id = $2 \
                AND ($4 IS NULL OR updated_at IN (SELECT value FROM json_each($4))) \
-             RETURNING id, user_id, title, description, completed, created_at, updated_at",
-        )
+             RETURNING ",
+            task_columns!()
+        ))
         .bind(id)
         .bind(&self.owner)
         .bind(now_micros())
@@ -447,10 +468,11 @@ impl Writes for SqliteWrites {
 
 async fn get(db: &mut SqliteConnection, owner: &str, id: i64) -> StoreResult<Option<Task>> {
     into_task(
-        sqlx::query_as(
-            "SELECT id, user_id, title, description, completed, created_at, updated_at \
-             FROM tasks WHERE id = $1 AND user_id = $2",
-        )
+        sqlx::query_as(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1 AND user_id = $2"
+        ))
         .bind(id)
         .bind(owner)
         .fetch_optional(db)
