@@ -18,7 +18,25 @@ const descriptionIsStringOrNull: Equals<Task["description"], string | null> = tr
 const problemTypeIsAboutBlank: Equals<Problem["type"], "about:blank"> = true;
 const healthStatuses: Equals<Health["status"], "healthy" | "degraded" | "unhealthy"> = true;
 const changeOps: Equals<Change["op"], "upsert" | "delete"> = true;
-export const facts = [descriptionIsStringOrNull, problemTypeIsAboutBlank, healthStatuses, changeOps];
+const priorities: Equals<Task["priority"], "low" | "medium" | "high" | "urgent"> = true;
+const tagsAreStrings: Equals<Task["tags"], string[]> = true;
+const dueDateIsStringOrNull: Equals<Task["due_date"], string | null> = true;
+export const facts = [
+  descriptionIsStringOrNull,
+  problemTypeIsAboutBlank,
+  healthStatuses,
+  changeOps,
+  priorities,
+  tagsAreStrings,
+  dueDateIsStringOrNull,
+];
+
+/** What the frontends that crashed on thin tasks do with every task, unguarded. */
+function badge(task: Task): string {
+  const label = task.priority.charAt(0).toUpperCase() + task.priority.slice(1);
+  const due = task.due_date === null ? "" : ` due ${new Date(task.due_date).toLocaleDateString()}`;
+  return `${label}${due} ${task.tags.map((tag) => `#${tag}`).join(" ")}`;
+}
 
 /** What a frontend shows for a failed call: the problem's detail, and each field's message. */
 function explain(problem: Problem): string {
@@ -49,7 +67,28 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   }
   const tasks: Task[] = listed.data;
   const total = Number(listed.response.headers.get("X-Total-Count"));
-  console.log(tasks.map(descriptionLength), total);
+  console.log(tasks.map(descriptionLength), tasks.map(badge), total);
+
+  // Each filter of the richer tasks, and all of them at once, with the aliases frontends use.
+  const filters = [
+    { search: "milk" },
+    { q: "milk" },
+    { priority: "high,urgent" },
+    { tag: ["home", "work"] },
+    { completed: false },
+    { due_after: "2026-12-01", due_before: "2026-12-31T00:00:00Z" },
+    { overdue: true },
+    { sort: "due_date" as const },
+    { sort_by: "priority" as const, sort_order: "desc" as const },
+    {
+      search: "milk", tag: ["home"], priority: "high", completed: false,
+      due_after: "2026-12-01", sort: "due_date" as const, limit: 50,
+    },
+  ];
+  for (const query of filters) {
+    const found = await api.GET("/api/tasks", { params: { query } });
+    console.log(found.data?.map(badge), found.response.headers.get("X-Total-Count"));
+  }
 
   // The next page: the cursor from `Link: <…after=…>; rel="next"`, with the same sort and order.
   const link = listed.response.headers.get("Link");
@@ -66,7 +105,14 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   const key = crypto.randomUUID();
   const created = await api.POST("/api/tasks", {
     params: { header: { "Idempotency-Key": key } },
-    body: { title: "Buy groceries", description: "Milk, eggs", completed: false },
+    body: {
+      title: "Buy groceries",
+      description: "Milk, eggs",
+      completed: false,
+      priority: "high",
+      due_date: new Date(Date.now() + 86_400_000).toISOString(),
+      tags: ["errands", "home"],
+    },
   });
   if (created.error) {
     throw new Error(explain(created.error));
@@ -88,7 +134,7 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
   // Update: clear the description with null, only if nobody changed the task meanwhile.
   const updated = await api.PUT("/api/tasks/{id}", {
     params: { path: { id: task.id }, header: { "If-Match": etag } },
-    body: { description: null },
+    body: { description: null, due_date: null, tags: ["errands"], priority: "urgent" },
   });
   if (updated.error) {
     // 412 when the task moved on; 422 with `errors` when the body breaks the schema.

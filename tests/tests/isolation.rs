@@ -1,18 +1,22 @@
 //! Cross-user isolation, property-based: random sequences of create / get / list / update /
 //! toggle / delete by several users, through both path styles, with ids that are theirs, other
-//! users', deleted, or guessed. After every step the response and the acting user's whole view
-//! are checked against an in-memory model; every few steps, every user's view is.
+//! users', deleted, or guessed, and listings filtered by priority, tag and search. After every
+//! step the response and the acting user's whole view are checked against an in-memory model;
+//! every few steps, every user's view is.
 
 use std::collections::BTreeMap;
 
 use client_sdk::{
     Client,
-    types::{Task, TaskCreate, TaskStatus, TaskUpdate, TaskUpdateTitle},
+    types::{Priority, Task, TaskCreate, TaskStatus, TaskUpdate, TaskUpdateTitle},
 };
 use integration_tests::{Backend, TestServer, user};
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const USERS: usize = 3;
+const PRIORITIES: [Priority; 4] =
+    [Priority::Low, Priority::Medium, Priority::High, Priority::Urgent];
+const TAGS: [&str; 3] = ["home", "work", "x"];
 const CASES: u32 = 20;
 const STEPS: usize = 500;
 // The budget the README and the closing notes promise: at least 10,000 operations a database.
@@ -39,6 +43,8 @@ enum Op {
         style: Style,
         title: String,
         completed: bool,
+        priority: usize,
+        tags: Vec<usize>,
     },
     Get {
         user: usize,
@@ -50,12 +56,22 @@ enum Op {
         style: Style,
         status: Option<bool>,
     },
+    /// A listing filtered by priority, tag and a one-letter search, each maybe.
+    Filter {
+        user: usize,
+        style: Style,
+        priority: Option<usize>,
+        tag: Option<usize>,
+        search: Option<char>,
+    },
     Update {
         user: usize,
         style: Style,
         target: Target,
         title: Option<String>,
         completed: Option<bool>,
+        priority: Option<usize>,
+        tags: Option<Vec<usize>>,
     },
     Toggle {
         user: usize,
@@ -80,6 +96,31 @@ struct ModelTask {
     owner: usize,
     title: String,
     completed: bool,
+    priority: Priority,
+    tags: Vec<String>,
+}
+
+impl ModelTask {
+    fn matches(&self, priority: Option<usize>, tag: Option<usize>, search: Option<char>) -> bool {
+        priority.is_none_or(|p| self.priority == PRIORITIES[p])
+            && tag.is_none_or(|t| self.tags.iter().any(|tag| tag == TAGS[t]))
+            && search.is_none_or(|c| self.title.to_lowercase().contains(c))
+    }
+}
+
+/// Tag names from indexes, each once, in order.
+fn tag_names(indexes: &[usize]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for &index in indexes {
+        if !names.iter().any(|name| name == TAGS[index]) {
+            names.push(TAGS[index].to_owned());
+        }
+    }
+    names
+}
+
+fn tags() -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(0..TAGS.len(), 0..3)
 }
 
 fn style() -> impl Strategy<Value = Style> {
@@ -94,13 +135,15 @@ fn op() -> impl Strategy<Value = Op> {
     let user = 0..USERS;
     let title = "[a-zA-Z0-9 ]{0,12}[a-z]";
     prop_oneof![
-        3 => (user.clone(), style(), title, any::<bool>())
-            .prop_map(|(user, style, title, completed)| Op::Create { user, style, title, completed }),
+        3 => (user.clone(), style(), title, any::<bool>(), 0..PRIORITIES.len(), tags())
+            .prop_map(|(user, style, title, completed, priority, tags)| Op::Create { user, style, title, completed, priority, tags }),
         2 => (user.clone(), style(), target()).prop_map(|(user, style, target)| Op::Get { user, style, target }),
         1 => (user.clone(), style(), proptest::option::of(any::<bool>()))
             .prop_map(|(user, style, status)| Op::List { user, style, status }),
-        2 => (user.clone(), style(), target(), proptest::option::of(title), proptest::option::of(any::<bool>()))
-            .prop_map(|(user, style, target, title, completed)| Op::Update { user, style, target, title, completed }),
+        1 => (user.clone(), style(), proptest::option::of(0..PRIORITIES.len()), proptest::option::of(0..TAGS.len()), proptest::option::of(proptest::char::range('a', 'e')))
+            .prop_map(|(user, style, priority, tag, search)| Op::Filter { user, style, priority, tag, search }),
+        2 => (user.clone(), style(), target(), proptest::option::of(title), proptest::option::of(any::<bool>()), proptest::option::of(0..PRIORITIES.len()), proptest::option::of(tags()))
+            .prop_map(|(user, style, target, title, completed, priority, tags)| Op::Update { user, style, target, title, completed, priority, tags }),
         2 => (user.clone(), style(), target()).prop_map(|(user, style, target)| Op::Toggle { user, style, target }),
         1 => (user.clone(), style(), target()).prop_map(|(user, style, target)| Op::Delete { user, style, target }),
         1 => (user.clone(), 1..USERS, target())
@@ -137,20 +180,25 @@ impl World {
         prop_assert_eq!(&task.user_id, &self.names[user]);
         prop_assert_eq!(&task.title, &model.title);
         prop_assert_eq!(task.completed, model.completed);
+        prop_assert_eq!(task.priority, model.priority);
+        prop_assert_eq!(&task.tags, &model.tags);
         Ok(())
     }
 
     /// The user's list equals their model, in creation order.
     async fn check_view(&self, user: usize) -> Result<(), TestCaseError> {
         let listed = self.clients[user].list_tasks().send().await.unwrap().into_inner();
-        let expected: Vec<(i64, &str, bool)> = self
+        type View<'a> = (i64, &'a str, bool, Priority, &'a [String]);
+        let expected: Vec<View> = self
             .model
             .iter()
             .filter(|(_, task)| task.owner == user)
-            .map(|(id, task)| (*id, task.title.as_str(), task.completed))
+            .map(|(id, t)| (*id, t.title.as_str(), t.completed, t.priority, t.tags.as_slice()))
             .collect();
-        let actual: Vec<(i64, &str, bool)> =
-            listed.iter().map(|task| (task.id, task.title.as_str(), task.completed)).collect();
+        let actual: Vec<View> = listed
+            .iter()
+            .map(|t| (t.id, t.title.as_str(), t.completed, t.priority, t.tags.as_slice()))
+            .collect();
         prop_assert_eq!(actual, expected, "view of user {}", user);
         prop_assert!(listed.iter().all(|task| task.user_id == self.names[user]));
         Ok(())
@@ -190,9 +238,15 @@ impl World {
             }
         }
         let actor = match op {
-            Op::Create { user, style, title, completed } => {
+            Op::Create { user, style, title, completed, priority, tags } => {
                 let client = &self.clients[*user];
-                let body = TaskCreate::builder().title(title.clone()).completed(*completed);
+                let tags = tag_names(tags);
+                let items = tags.iter().map(|tag| tag.parse().unwrap()).collect::<Vec<_>>();
+                let body = TaskCreate::builder()
+                    .title(title.clone())
+                    .completed(*completed)
+                    .priority(PRIORITIES[*priority])
+                    .tags(Some(items));
                 let reply = match style {
                     Style::Plain => client.create_task().body(body).send().await,
                     Style::UserPath => {
@@ -208,10 +262,10 @@ impl World {
                     reply.map_err(|e| TestCaseError::fail(format!("create: {e:?}")))?.into_inner();
                 prop_assert!(task.id > self.newest, "ids only grow");
                 prop_assert!(!self.created.contains(&task.id), "id reused");
-                self.model.insert(
-                    task.id,
-                    ModelTask { owner: *user, title: title.clone(), completed: *completed },
-                );
+                let (title, completed) = (title.clone(), *completed);
+                let priority = PRIORITIES[*priority];
+                self.model
+                    .insert(task.id, ModelTask { owner: *user, title, completed, priority, tags });
                 self.created.push(task.id);
                 self.newest = task.id;
                 self.expect_task(*user, task.id, &task)?;
@@ -262,10 +316,66 @@ impl World {
                 prop_assert_eq!(listed.iter().map(|task| task.id).collect::<Vec<_>>(), expected);
                 *user
             }
-            Op::Update { user, style, target, title, completed } => {
+            Op::Filter { user, style, priority, tag, search } => {
+                let client = &self.clients[*user];
+                let priority_name = priority.map(|p| PRIORITIES[p].to_string());
+                let tag_list: Option<Vec<String>> = tag.map(|t| vec![TAGS[t].to_owned()]);
+                let search_text = search.map(String::from);
+                let reply = match style {
+                    Style::Plain => {
+                        let mut list = client.list_tasks();
+                        if let Some(p) = &priority_name {
+                            list = list.priority(p.clone());
+                        }
+                        if let Some(t) = &tag_list {
+                            list = list.tag(t.clone());
+                        }
+                        if let Some(s) = &search_text {
+                            list = list.search(s.clone());
+                        }
+                        list.send().await
+                    }
+                    Style::UserPath => {
+                        let mut list = client.list_user_tasks().user_id(&self.names[*user]);
+                        if let Some(p) = &priority_name {
+                            list = list.priority(p.clone());
+                        }
+                        if let Some(t) = &tag_list {
+                            list = list.tag(t.clone());
+                        }
+                        if let Some(s) = &search_text {
+                            list = list.search(s.clone());
+                        }
+                        list.send().await
+                    }
+                };
+                let listed =
+                    reply.map_err(|e| TestCaseError::fail(format!("filter: {e:?}")))?.into_inner();
+                let expected: Vec<i64> = self
+                    .model
+                    .iter()
+                    .filter(|(_, task)| {
+                        task.owner == *user && task.matches(*priority, *tag, *search)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                prop_assert_eq!(listed.iter().map(|task| task.id).collect::<Vec<_>>(), expected);
+                prop_assert!(listed.iter().all(|task| task.user_id == self.names[*user]));
+                *user
+            }
+            Op::Update { user, style, target, title, completed, priority, tags } => {
                 let id = self.resolve(*target);
                 let client = &self.clients[*user];
+                let tags = tags.as_deref().map(tag_names);
                 let mut body = TaskUpdate::builder();
+                if let Some(priority) = priority {
+                    body = body.priority(Some(PRIORITIES[*priority]));
+                }
+                if let Some(tags) = &tags {
+                    body = body.tags(Some(
+                        tags.iter().map(|tag| tag.parse().unwrap()).collect::<Vec<_>>(),
+                    ));
+                }
                 if let Some(title) = title {
                     body = body.title(Some(title.parse::<TaskUpdateTitle>().unwrap()));
                 }
@@ -284,7 +394,7 @@ impl World {
                             .await
                     }
                 };
-                if title.is_none() && completed.is_none() {
+                if title.is_none() && completed.is_none() && priority.is_none() && tags.is_none() {
                     // An empty update is a 422 whoever owns the task, and changes nothing.
                     let err = reply.expect_err("an empty update is refused");
                     prop_assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
@@ -295,6 +405,12 @@ impl World {
                     }
                     if let Some(completed) = completed {
                         entry.completed = *completed;
+                    }
+                    if let Some(priority) = priority {
+                        entry.priority = PRIORITIES[*priority];
+                    }
+                    if let Some(tags) = tags {
+                        entry.tags = tags;
                     }
                     self.expect_task(*user, id, &task)?;
                 }
