@@ -75,6 +75,10 @@ fn cursor_texts() -> impl Strategy<Value = String> {
         Just("ud"),
         Just("ta"),
         Just("td"),
+        Just("da"),
+        Just("dd"),
+        Just("pa"),
+        Just("pd"),
         Just("zz")
     ];
     let values = prop_oneof![
@@ -83,6 +87,9 @@ fn cursor_texts() -> impl Strategy<Value = String> {
         Just("9223372036854775807".to_owned()),
         Just("-9223372036854775808".to_owned()),
         Just("1767952800123456".to_owned()),
+        Just("-".to_owned()),
+        Just("3".to_owned()),
+        Just("32768".to_owned()),
         Just("a\0b".to_owned()),
         Just("\u{1}\u{7f}\u{85}".to_owned()),
         "\\PC{0,20}",
@@ -97,6 +104,20 @@ fn queries() -> impl Strategy<Value = String> {
         cursor_texts()
             .prop_map(|text| format!("?sort=title&after={}", URL_SAFE_NO_PAD.encode(text))),
         cursor_texts().prop_map(|text| format!("?since={}", URL_SAFE_NO_PAD.encode(text))),
+        cursor_texts()
+            .prop_map(|text| format!("?sort=due_date&after={}", URL_SAFE_NO_PAD.encode(text))),
+        cursor_texts().prop_map(|text| {
+            format!("?sort_by=priority&sort_order=desc&after={}", URL_SAFE_NO_PAD.encode(text))
+        }),
+        Just("?search=%25_%5C&q=%25_%5C".to_owned()),
+        Just("?search=%00".to_owned()),
+        Just("?q=%F0%9F%98%80%C3%A9".to_owned()),
+        Just("?tag=,,&tag=%00&priority=,".to_owned()),
+        Just("?tag=a%2Cb%2C%20C&priority=HIGH,low,".to_owned()),
+        Just("?due_after=0000-01-01&due_before=9999-12-31T23:59:59.999999-12:00".to_owned()),
+        Just("?due_before=-infinity&overdue=1".to_owned()),
+        Just("?overdue=true&completed=true&status=pending".to_owned()),
+        Just("?sort=due_date&order=desc&limit=1&offset=9223372036854775807".to_owned()),
         any::<i64>().prop_map(|v| format!("?since={}", URL_SAFE_NO_PAD.encode(format!("v1.{v}")))),
         Just("?since=%00&limit=0".to_owned()),
         Just("?limit=0".to_owned()),
@@ -186,6 +207,21 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
         Just(b"null".to_vec()),
         Just(b"{\"title\": \"ok\"}".to_vec()),
         Just(b"{\"completed\": true}".to_vec()),
+        Just(b"{\"title\": \"t\", \"tags\": [\"a\\u0000\", [\"b\"], null]}".to_vec()),
+        Just(b"{\"title\": \"t\", \"tags\": null, \"priority\": null, \"due_date\": 0}".to_vec()),
+        Just(
+            b"{\"title\": \"t\", \"due_date\": \"0000-01-01\", \"priority\": \"\\u0130\"}".to_vec()
+        ),
+        Just(b"{\"title\": \"t\", \"due_date\": \"+275760-09-13T00:00:00Z\"}".to_vec()),
+        Just(b"{\"title\": \"t\", \"due_date\": \"9999-12-31T23:59:59-12:00\"}".to_vec()),
+        Just(
+            format!(
+                "{{\"title\": \"t\", \"tags\": [{}]}}",
+                vec!["\"\\u0130\\u0131\""; 5000].join(",")
+            )
+            .into_bytes()
+        ),
+        Just(b"{\"priority\": \"URGENT\", \"tags\": [\" Ab \", \"ab\"]}".to_vec()),
         "\\PC{0,300}".prop_map(String::into_bytes),
     ]
 }
