@@ -413,23 +413,48 @@ fn pgbench(
         .context("no tps in pgbench's output")
 }
 
-/// One user with 10,000 tasks: pages of 50 at several offsets and the whole list, each against
-/// a 20-task user's first page of 50.
+/// A title from a few realistic words; one title in a hundred mentions the dentist (what the
+/// search rows look for).
+const TITLE_WORDS: [&str; 12] =
+    ["buy", "milk", "call", "mom", "pay", "rent", "fix", "bike", "read", "book", "plan", "trip"];
+const TAG_NAMES: [&str; 8] =
+    ["home", "work", "errands", "health", "family", "money", "car", "ideas"];
+
+/// Task `n` of the large user: realistic titles, random priorities, due dates (a quarter
+/// without one) and 0 to 3 tags, from a fixed seed.
+fn large_user_task(n: usize) -> client_sdk::types::builder::TaskCreate {
+    let mut state = (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = |bound: usize| {
+        state ^= state >> 33;
+        state = state.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        state ^= state >> 29;
+        (state % bound as u64) as usize
+    };
+    let mut title: Vec<&str> = (0..3).map(|_| TITLE_WORDS[next(TITLE_WORDS.len())]).collect();
+    if n % 100 == 42 {
+        title.insert(1, "dentist");
+    }
+    let priority = ["low", "medium", "high", "urgent"][next(4)];
+    let due = (next(4) != 0).then(|| format!("2027-{:02}-{:02}", 1 + next(12), 1 + next(28)));
+    let tags: Vec<_> =
+        (0..next(4)).map(|_| TAG_NAMES[next(TAG_NAMES.len())].parse().expect("a tag")).collect();
+    client_sdk::types::TaskCreate::builder()
+        .title(format!("{} {n}", title.join(" ")))
+        .priority(priority.parse::<client_sdk::types::Priority>().expect("a priority"))
+        .due_date(due)
+        .tags(Some(tags))
+}
+
+/// One user with 10,000 tasks: pages of 50 at several offsets, filtered, searched and sorted by
+/// the richer fields, and the whole list, each against a 20-task user's first page of 50.
 async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Result<String> {
     let user = "large";
     let token = token(user);
     let client = client_sdk::authenticated(&server.base_url, &token)?;
     let batches = LARGE_USER_TASKS / 10;
     for batch in 0..batches {
-        let creates = (0..10).map(|i| {
-            client
-                .create_task()
-                .body(
-                    client_sdk::types::TaskCreate::builder()
-                        .title(format!("task {}", batch * 10 + i)),
-                )
-                .send()
-        });
+        let creates =
+            (0..10).map(|i| client.create_task().body(large_user_task(batch * 10 + i)).send());
         for created in futures::future::join_all(creates).await {
             created?;
         }
@@ -461,6 +486,11 @@ async fn large_user(server: &ServerProcess, duration: Duration) -> anyhow::Resul
         "/api/tasks?limit=50&offset=5000",
         "/api/tasks?limit=50&offset=9950",
         keyset.as_str(),
+        "/api/tasks?limit=50&search=dentist",
+        "/api/tasks?limit=50&tag=health",
+        "/api/tasks?limit=50&priority=high",
+        "/api/tasks?limit=50&sort=due_date",
+        "/api/tasks?limit=50&search=dentist&tag=health&priority=high,urgent&sort=due_date",
         "/api/tasks",
     ] {
         let whole = path == "/api/tasks";
