@@ -40,8 +40,13 @@ pub enum LogFormat {
 pub struct Config {
     /// May carry a password, so it is a secret too.
     pub database_url: Secret<String>,
-    /// The HS256 key shared with Better Auth, if tokens are signed with it.
+    /// The HS256 key shared with Better Auth, if tokens are signed with it: the current one
+    /// (the first of `BETTER_AUTH_SECRETS`, else `BETTER_AUTH_SECRET`).
     pub auth_secret: Option<Secret<Vec<u8>>>,
+    /// Older keys still accepted, so that a rotation logs nobody out: the rest of
+    /// `BETTER_AUTH_SECRETS`, and `BETTER_AUTH_SECRET` when both are set (as Better Auth keeps it
+    /// as its legacy secret).
+    pub previous_auth_secrets: Vec<Secret<Vec<u8>>>,
     /// Better Auth's JWKS, if its JWT plugin signs tokens with a key pair.
     pub jwks_url: Option<String>,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`: enforced on every token when set.
@@ -116,7 +121,23 @@ impl Config {
             );
         }
 
-        let auth_secret = get("BETTER_AUTH_SECRET");
+        let legacy_secret = get("BETTER_AUTH_SECRET");
+        let mut secrets = match get("BETTER_AUTH_SECRETS").as_deref().map(parse_secrets) {
+            Some(Ok(secrets)) => secrets,
+            Some(Err(problem)) => {
+                problems.push(problem);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        if let Some(legacy) = legacy_secret
+            && !secrets.contains(&legacy)
+        {
+            secrets.push(legacy);
+        }
+        let mut secrets = secrets.into_iter();
+        let auth_secret = secrets.next();
+        let previous_auth_secrets: Vec<String> = secrets.collect();
         let jwks_url = get("BETTER_AUTH_JWKS_URL");
         if auth_secret.is_none() && jwks_url.is_none() {
             problems.push(
@@ -265,6 +286,10 @@ impl Config {
         Ok(Config {
             database_url: Secret::new(database_url),
             auth_secret: auth_secret.map(|secret| Secret::new(secret.into_bytes())),
+            previous_auth_secrets: previous_auth_secrets
+                .into_iter()
+                .map(|secret| Secret::new(secret.into_bytes()))
+                .collect(),
             jwks_url,
             claim_overrides,
             better_auth_url,
@@ -290,6 +315,11 @@ impl Config {
                 .auth_secret
                 .as_ref()
                 .map(|secret| (secret.expose().clone(), self.claim_overrides.clone())),
+            previous_secrets: self
+                .previous_auth_secrets
+                .iter()
+                .map(|secret| secret.expose().clone())
+                .collect(),
             jwks: self.jwks_url.as_ref().map(|url| JwksSettings {
                 url: url.clone(),
                 rules: jwks_rules(&self.claim_overrides, self.better_auth_url.as_deref()),
@@ -333,6 +363,32 @@ fn normalize_origin(origin: &str) -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     valid.then(|| origin.to_owned())
+}
+
+/// `BETTER_AUTH_SECRETS` as Better Auth reads it (`better-auth/dist/context/secret-utils.mjs`,
+/// `parseSecretsEnv`): comma-separated `<version>:<secret>` entries, each trimmed, the version a
+/// non-negative integer, the secret not empty; the first entry is the current secret. The
+/// secrets in order, or the problem (never the value).
+fn parse_secrets(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .enumerate()
+        .map(|(index, entry)| {
+            let position = index + 1;
+            let (version, secret) = entry.trim().split_once(':').ok_or_else(|| {
+                format!("BETTER_AUTH_SECRETS entry {position} is not <version>:<secret>")
+            })?;
+            if version.trim().parse::<u32>().is_err() {
+                return Err(format!(
+                    "BETTER_AUTH_SECRETS entry {position} has no non-negative integer version"
+                ));
+            }
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(format!("BETTER_AUTH_SECRETS entry {position} has an empty secret"));
+            }
+            Ok(secret.to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -447,6 +503,28 @@ mod tests {
         assert_eq!(own, MetricsListener::Own("127.0.0.1:9100".parse().unwrap()));
         let err = config(&[secret, ("METRICS", "maybe"), ("METRICS_ADDR", "x")]).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
+    }
+
+    #[test]
+    fn secrets_rotate_as_better_auth_lists_them() {
+        let secrets = [
+            ("BETTER_AUTH_SECRETS", " 2:new-secret , 1:old:with:colons"),
+            ("BETTER_AUTH_SECRET", "legacy"),
+        ];
+        let rotating = config(&secrets).unwrap();
+        assert_eq!(rotating.auth_secret.unwrap().expose(), b"new-secret");
+        let previous: Vec<&[u8]> =
+            rotating.previous_auth_secrets.iter().map(|s| s.expose().as_slice()).collect();
+        assert_eq!(previous, [&b"old:with:colons"[..], b"legacy"]);
+        let only = config(&[("BETTER_AUTH_SECRETS", "0:only")]).unwrap();
+        assert_eq!(only.auth_secret.unwrap().expose(), b"only");
+        for bad in ["nocolon", "x:secret", "-1:secret", "1:", "1:a,,2:b"] {
+            let err = config(&[("BETTER_AUTH_SECRETS", bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains("BETTER_AUTH_SECRETS") && !err.contains("secret,"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

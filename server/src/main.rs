@@ -121,7 +121,7 @@ fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {
     }
     let subject = subject.ok_or_else(|| anyhow::anyhow!(USAGE))?;
     let secret = config.auth_secret.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("dev tokens are signed with BETTER_AUTH_SECRET, which is not set")
+        anyhow::anyhow!("dev tokens are signed with BETTER_AUTH_SECRET (or the first of BETTER_AUTH_SECRETS), and neither is set")
     })?;
     let token = issue_dev_token(secret.expose(), &subject, ttl.as_secs(), &config.claim_overrides)?;
     println!("{token}");

@@ -2,6 +2,9 @@
 // tests/tests/better_auth.rs: email/password sign-up, the memory adapter (no native modules),
 // and the plugin's key pair of the algorithm given as the first argument (EdDSA by default).
 //
+// `COOKIE_CACHE=jwt` (or `compact`) turns the session cookie cache on in that strategy; Better
+// Auth itself reads `BETTER_AUTH_SECRETS` (a rotation) from the environment.
+//
 // It listens on 127.0.0.1 on a free port and prints one JSON line, {"url": "http://…"}, once it
 // serves. Better Auth needs its base URL up front, so the port is bound before the auth
 // instance is built. It exits when its standard input closes (the test process went away).
@@ -34,6 +37,9 @@ server.listen(0, "127.0.0.1", () => {
     secret: "better-auth-fixture-secret-not-used-by-the-task-api",
     database: memoryAdapter({ user: [], session: [], account: [], verification: [], jwks: [] }),
     emailAndPassword: { enabled: true },
+    session: process.env.COOKIE_CACHE
+      ? { cookieCache: { enabled: true, strategy: process.env.COOKIE_CACHE, maxAge: 300 } }
+      : undefined,
     plugins: [jwt({ jwks: { keyPairConfig } })],
     telemetry: { enabled: false },
   });

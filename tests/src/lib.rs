@@ -124,6 +124,8 @@ pub struct Options {
     pub jwks: Option<JwksSettings>,
     /// Leave out the shared secret (JWKS only).
     pub no_shared_secret: bool,
+    /// Older shared secrets still accepted beside [`SECRET`] (a rotation in progress).
+    pub previous_secrets: Vec<Vec<u8>>,
     /// How the store connects: production's defaults unless a test says otherwise (retention,
     /// the task cap); [`TestServer::start_with`] sets what the backend decides.
     pub connect: ConnectOptions,
@@ -153,6 +155,7 @@ impl TestServer {
         let sources = KeySources {
             shared_secret: (!options.no_shared_secret)
                 .then(|| (SECRET.as_bytes().to_vec(), options.rules.clone())),
+            previous_secrets: options.previous_secrets.clone(),
             jwks: options.jwks.clone(),
         };
         server::upkeep::spawn(store.clone(), options.connect.retention);

@@ -19,20 +19,32 @@ use tokio::{
     process::{Child, Command},
 };
 
-on_every_database!(better_auth_jwt_plugin_tokens_are_accepted);
+on_every_database!(
+    better_auth_jwt_plugin_tokens_are_accepted,
+    the_cookie_cache_is_a_bearer_token_through_a_secret_rotation,
+);
 
 const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
 
-async fn better_auth_jwt_plugin_tokens_are_accepted(backend: Backend) {
+/// Whether the real Better Auth can run here (`npm ci`'d on first use); on a developer's
+/// machine without Node the test says so and skips, in CI it fails.
+fn better_auth_can_run() -> bool {
     if !node_is_installed() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI is set but Node.js is not installed: the real Better Auth cannot run"
         );
         eprintln!("SKIPPED: Node.js is not installed, so Better Auth cannot run (CI installs it)");
-        return;
+        return false;
     }
     install_fixture();
+    true
+}
+
+async fn better_auth_jwt_plugin_tokens_are_accepted(backend: Backend) {
+    if !better_auth_can_run() {
+        return;
+    }
     for algorithm in ALGORITHMS {
         let auth = BetterAuth::start(algorithm).await;
         let (user_id, token) = auth.sign_up_and_get_token().await;
@@ -109,9 +121,15 @@ struct BetterAuth {
 
 impl BetterAuth {
     async fn start(algorithm: &str) -> Self {
+        Self::start_with(algorithm, &[]).await
+    }
+
+    /// Better Auth with these environment variables (`COOKIE_CACHE`, `BETTER_AUTH_SECRETS`).
+    async fn start_with(algorithm: &str, env: &[(&str, &str)]) -> Self {
         let mut process = Command::new("node")
             .arg("server.mjs")
             .arg(algorithm)
+            .envs(env.iter().copied())
             .current_dir(fixture_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -133,6 +151,23 @@ impl BetterAuth {
     /// Signs a new user up (email and password) and takes a JWT from `/api/auth/token`, as
     /// the frontend's `authClient.token()` does. Returns the user id and the token.
     async fn sign_up_and_get_token(&self) -> (String, String) {
+        let (user_id, cookie) = self.sign_up().await;
+        let token: Value = self
+            .http
+            .get(format!("{}/api/auth/token", self.url))
+            .header(header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (user_id, token["token"].as_str().expect("a token").to_owned())
+    }
+
+    /// Signs a new user up; returns the user id and the cookies Better Auth set, as a
+    /// `Cookie` header value.
+    async fn sign_up(&self) -> (String, String) {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
         let signed_up = self
             .http
@@ -151,17 +186,7 @@ impl BetterAuth {
             .join("; ");
         let body: Value = signed_up.json().await.unwrap();
         let user_id = body["user"]["id"].as_str().expect("the new user's id").to_owned();
-        let token: Value = self
-            .http
-            .get(format!("{}/api/auth/token", self.url))
-            .header(header::COOKIE, cookie)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (user_id, token["token"].as_str().expect("a token").to_owned())
+        (user_id, cookie)
     }
 
     /// Test server options for this Better Auth's key set, configured through `Config` as
@@ -175,5 +200,84 @@ impl BetterAuth {
         })
         .expect("a JWKS configuration");
         Options { jwks: config.key_sources().jwks, no_shared_secret: true, ..Options::default() }
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header value.
+fn cookie_value(cookies: &str, name: &str) -> Option<String> {
+    cookies
+        .split("; ")
+        .find_map(|pair| Some(pair.strip_prefix(name)?.strip_prefix('=')?.to_owned()))
+}
+
+/// Better Auth's cookie cache in its `jwt` strategy (`session_data`: HS256 with the current
+/// secret, claims `session`, `user`, `updatedAt`, no `sub`), taken from a real sign-up and sent
+/// as a bearer token, across a rotation of `BETTER_AUTH_SECRETS`: the cookie signed with the old
+/// secret and the one signed with the new both work; a tampered one, or one signed with a
+/// secret the service does not know, are 401s.
+async fn the_cookie_cache_is_a_bearer_token_through_a_secret_rotation(backend: Backend) {
+    if !better_auth_can_run() {
+        return;
+    }
+    const OLD: &str = "the-old-secret-of-a-rotation-0123456789";
+    let session_data = |cookies: &str| {
+        cookie_value(cookies, "better-auth.session_data").expect("Better Auth set session_data")
+    };
+    let before = BetterAuth::start_with(
+        "EdDSA",
+        &[("COOKIE_CACHE", "jwt"), ("BETTER_AUTH_SECRETS", &format!("1:{OLD}"))],
+    )
+    .await;
+    let (old_user, cookies) = before.sign_up().await;
+    let old_cookie = session_data(&cookies);
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(&old_cookie).unwrap().claims;
+    assert!(claims.get("sub").is_none() && claims["user"]["id"] == old_user, "{claims}");
+    drop(before);
+    let rotated = format!("2:{},1:{OLD}", integration_tests::SECRET);
+    let after = BetterAuth::start_with(
+        "EdDSA",
+        &[("COOKIE_CACHE", "jwt"), ("BETTER_AUTH_SECRETS", &rotated)],
+    )
+    .await;
+    let (new_user, cookies) = after.sign_up().await;
+    let new_cookie = session_data(&cookies);
+    let stranger = BetterAuth::start_with(
+        "EdDSA",
+        &[
+            ("COOKIE_CACHE", "jwt"),
+            ("BETTER_AUTH_SECRETS", "1:a-secret-the-service-never-saw-0123"),
+        ],
+    )
+    .await;
+    let foreign_cookie = session_data(&stranger.sign_up().await.1);
+
+    // The service configured as an operator would, with Better Auth's own list.
+    let vars = [("BETTER_AUTH_SECRETS", rotated.as_str())];
+    let config = Config::from_lookup(|name| {
+        vars.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
+    })
+    .expect("a rotation configuration");
+    let sources = config.key_sources();
+    assert_eq!(sources.shared_secret.unwrap().0, integration_tests::SECRET.as_bytes());
+    let options = Options { previous_secrets: sources.previous_secrets, ..Options::default() };
+    let server = TestServer::start_with(backend, options).await;
+    for (cookie, user) in [(&old_cookie, &old_user), (&new_cookie, &new_user)] {
+        let client = client_sdk::authenticated(&server.base_url, cookie).unwrap();
+        let body = client_sdk::types::TaskCreate::builder().title("from the cookie cache");
+        let created = client.create_task().body(body).send().await.expect("the cookie is accepted");
+        assert_eq!(&created.user_id, user, "the subject is user.id");
+        let mine = client.list_user_tasks().user_id(user).send().await.unwrap();
+        assert_eq!(mine.len(), 1);
+    }
+    let mut tampered = old_cookie.clone().into_bytes();
+    let middle = old_cookie.find('.').unwrap() + 5;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for refused in [&tampered, &foreign_cookie] {
+        let response =
+            server.raw().request(reqwest::Method::GET, "/api/tasks").bearer_auth(refused);
+        let response = response.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 }

@@ -51,14 +51,21 @@ pub trait Verifier: Send + Sync + 'static {
 pub struct KeySources {
     /// The secret, and the issuer/audience its tokens must carry (enforced only when set).
     pub shared_secret: Option<(Vec<u8>, ClaimRules)>,
+    /// Older secrets whose tokens are still accepted (a rotation in progress), under the same
+    /// rules.
+    pub previous_secrets: Vec<Vec<u8>>,
     pub jwks: Option<JwksSettings>,
 }
 
 /// The verifier for `sources`. With a JWKS, its key set starts loading in the background now
 /// (this needs a Tokio runtime).
 pub fn verifier(sources: KeySources) -> anyhow::Result<Arc<dyn Verifier>> {
-    let shared_secret =
-        sources.shared_secret.map(|(secret, rules)| SharedSecretVerifier::new(&secret, &rules));
+    let previous = sources.previous_secrets;
+    let shared_secret = sources.shared_secret.map(|(secret, rules)| {
+        let secrets: Vec<&[u8]> =
+            std::iter::once(secret.as_slice()).chain(previous.iter().map(Vec::as_slice)).collect();
+        SharedSecretVerifier::new(&secrets, &rules)
+    });
     let jwks = sources.jwks.map(JwksVerifier::start).transpose()?;
     Ok(match (shared_secret, jwks) {
         (Some(shared_secret), Some(jwks)) => Arc::new(EitherKeySource { shared_secret, jwks }),
@@ -151,6 +158,18 @@ fn check_key_id(header: &jsonwebtoken::Header) -> Result<(), AuthError> {
     }
 }
 
+/// `user.id` of Better Auth's cookie cache (`better-auth/dist/cookies/index.mjs`,
+/// `setCookieCache`: the JWT strategy signs `{session, user, updatedAt, version}` with HS256 and
+/// the current secret, and no `sub`).
+fn cookie_cache_user(claims: &Map<String, Value>) -> Option<&Value> {
+    claims.get("user")?.get("id").filter(|id| !id.is_null())
+}
+
+/// Whether `claims` are Better Auth's cookie cache: a `user` with an id and a `session` object.
+fn is_cookie_cache(claims: &Map<String, Value>) -> bool {
+    cookie_cache_user(claims).is_some() && claims.get("session").is_some_and(Value::is_object)
+}
+
 /// Maps a library error to ours, keeping the reason for the log.
 fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
     match err.kind() {
@@ -159,7 +178,8 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// The subject: `sub`, else `id`, else `user_id`; 1 to 255 characters, none of them a control
+/// The subject: `sub`, else `id`, else `user_id`, else `user.id` (Better Auth's cookie cache as a
+/// JWT, whose `session.userId` must then agree); 1 to 255 characters, none of them a control
 /// character (a NUL cannot even be stored by PostgreSQL).
 /// Also rejects an `iat` in the future (beyond the leeway), which the library does not check.
 fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError> {
@@ -173,7 +193,14 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError>
     let claim = ["sub", "id", "user_id"]
         .iter()
         .find_map(|name| claims.get(*name).filter(|value| !value.is_null()))
-        .ok_or_else(|| AuthError::Invalid("no sub, id or user_id claim".into()))?;
+        .or_else(|| cookie_cache_user(claims))
+        .ok_or_else(|| AuthError::Invalid("no sub, id, user_id or user.id claim".into()))?;
+    if let (Some(user), Some(session_user)) =
+        (cookie_cache_user(claims), claims.get("session").and_then(|s| s.get("userId")))
+        && user != session_user
+    {
+        return Err(AuthError::Invalid("user.id and session.userId disagree".into()));
+    }
     match claim.as_str() {
         Some(subject)
             if !subject.is_empty()
