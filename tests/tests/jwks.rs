@@ -27,6 +27,7 @@ on_every_database!(
     no_key_set_is_503_and_a_failing_jwks_never_lets_a_token_through,
     both_key_sources_serve_side_by_side,
     issuer_and_audience_are_better_auths_base_url,
+    the_fully_specified_ed25519_name_works_with_ed25519_keys_only,
 );
 
 /// Test-only Ed25519 keys (PKCS#8) and their public `x`, made with `openssl genpkey`.
@@ -477,4 +478,63 @@ async fn the_key_set_is_refreshed_per_its_max_age_and_removed_keys_stop_working(
         "{} refreshes",
         jwks.fetches() - before
     );
+}
+
+/// A token whose header names the algorithm `alg_name`, signed with the Ed25519 key `pem`
+/// (jsonwebtoken cannot write the RFC 9864 name, so the header is written by hand).
+fn ed25519_signed_as(alg_name: &str, pem: &str, kid: &str, claims: &Value) -> String {
+    let encode =
+        |value: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    let header = json!({"alg": alg_name, "kid": kid, "typ": "JWT"});
+    let message = format!("{}.{}", encode(&header), encode(claims));
+    let key = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::EdDSA).unwrap();
+    format!("{message}.{signature}")
+}
+
+/// RFC 9864's `"alg": "Ed25519"` (which Better Auth means to emit) verifies like `EdDSA`, with an
+/// Ed25519 key published under either name, and under the same rules; no other algorithm name
+/// gets an Ed25519 key's signature through.
+async fn the_fully_specified_ed25519_name_works_with_ed25519_keys_only(backend: Backend) {
+    let mut renamed = jwk("k2", KEY_2.1);
+    renamed["alg"] = json!("Ed25519");
+    let jwks = Jwks::start(vec![jwk("k1", KEY_1.1), renamed]);
+    for shared_secret in [false, true] {
+        let server = server_with(backend, &jwks, shared_secret).await;
+        let claims = json!({"sub": "ed", "iat": now(), "exp": now() + 600, "iss": BETTER_AUTH_URL, "aud": BETTER_AUTH_URL});
+        for (kid, pem) in [("k1", KEY_1.0), ("k2", KEY_2.0)] {
+            let token = ed25519_signed_as("Ed25519", pem, kid, &claims);
+            assert_eq!(status(&server, &token).await.0, 200, "Ed25519 with {kid}");
+            let token = ed25519_signed_as("EdDSA", pem, kid, &claims);
+            assert_eq!(status(&server, &token).await.0, 200, "EdDSA with {kid}");
+        }
+        let refused = [
+            ("the attacker's key", ed25519_signed_as("Ed25519", KEY_3_PEM, "k1", &claims)),
+            ("another key's kid", ed25519_signed_as("Ed25519", KEY_2.0, "k1", &claims)),
+            ("another algorithm's name", ed25519_signed_as("ES256", KEY_1.0, "k1", &claims)),
+            ("a made-up name", ed25519_signed_as("Ed448", KEY_1.0, "k1", &claims)),
+            ("an unknown kid", ed25519_signed_as("Ed25519", KEY_1.0, "k9", &claims)),
+            ("expired", {
+                let mut old = claims.clone();
+                old["exp"] = json!(now() - 3600);
+                ed25519_signed_as("Ed25519", KEY_1.0, "k1", &old)
+            }),
+            ("another issuer", {
+                let mut other = claims.clone();
+                other["iss"] = json!("http://evil.example");
+                ed25519_signed_as("Ed25519", KEY_1.0, "k1", &other)
+            }),
+        ];
+        for (what, token) in refused {
+            assert_eq!(status(&server, &token).await.0, 401, "{what}");
+        }
+        // A tampered payload under a genuine signature.
+        let token = ed25519_signed_as("Ed25519", KEY_1.0, "k1", &claims);
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = json!({"sub": "someone-else", "exp": now() + 600, "iss": BETTER_AUTH_URL, "aud": BETTER_AUTH_URL});
+        let forged_payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string());
+        let spliced = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+        assert_eq!(status(&server, &spliced).await.0, 401, "a tampered payload");
+    }
 }

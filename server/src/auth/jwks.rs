@@ -21,7 +21,7 @@ use std::{
 use async_trait::async_trait;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Header, Validation,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk},
 };
 use reqwest::header::CACHE_CONTROL;
 use serde_json::{Map, Value};
@@ -30,7 +30,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{AuthError, ClaimRules, Verifier, check_key_id, classify, subject_from_claims};
+use super::{
+    AuthError, ClaimRules, ED25519, Verifier, check_key_id, claims_checked, classify,
+    ed25519_header, subject_from_claims,
+};
 
 /// While no key set has ever loaded, a request may try again this soon after a failed fetch.
 const RETRY_BEFORE_FIRST_LOAD: Duration = Duration::from_secs(2);
@@ -200,9 +203,31 @@ impl JwksVerifier {
         let cache_control =
             response.headers().get(CACHE_CONTROL).and_then(|value| value.to_str().ok());
         let refresh_period = self.timing.refresh_period(cache_control);
-        let set: JwkSet = response.json().await?;
+        // Key by key, so that one key of a kind we do not know spoils nothing else; a key whose
+        // `alg` is RFC 9864's `Ed25519` is an EdDSA key over Ed25519 (jsonwebtoken knows only
+        // the older name).
+        let set: Value = response.json().await?;
+        let jwks: Vec<Jwk> = set
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow::anyhow!("the key set has no keys array"))?
+            .iter()
+            .filter_map(|key| {
+                let mut key = key.clone();
+                if key.get("alg").and_then(Value::as_str) == Some(ED25519) {
+                    key["alg"] = Value::from("EdDSA");
+                }
+                match serde_json::from_value::<Jwk>(key) {
+                    Ok(jwk) => Some(jwk),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "ignoring a JWKS key that does not parse");
+                        None
+                    }
+                }
+            })
+            .collect();
         let mut keys = HashMap::new();
-        for jwk in &set.keys {
+        for jwk in &jwks {
             let Some(kid) = jwk.common.key_id.clone() else { continue };
             match verifying_key(jwk, &self.rules) {
                 Some(key) => {
@@ -291,11 +316,39 @@ impl JwksVerifier {
             .map_err(classify)?;
         subject_from_claims(&data.claims)
     }
+
+    /// A token whose header names RFC 9864's `Ed25519` (`header` as [`ed25519_header`] read
+    /// it): only an Ed25519 key may verify it, as for `EdDSA`.
+    pub(super) async fn verify_ed25519(
+        &self,
+        token: &str,
+        header: Header,
+    ) -> Result<String, AuthError> {
+        check_key_id(&header)?;
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid in the header".into()))?;
+        let key = self.key(&kid).await?;
+        if key.validation.algorithms != [Algorithm::EdDSA] {
+            return Err(AuthError::Invalid(format!("an {ED25519} token for a non-Ed25519 key")));
+        }
+        let (message, signature) =
+            token.rsplit_once('.').ok_or_else(|| AuthError::Invalid("not a signed JWT".into()))?;
+        let verified =
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, Algorithm::EdDSA)
+                .map_err(classify)?;
+        if !verified {
+            return Err(AuthError::Invalid("InvalidSignature".into()));
+        }
+        let payload = message.split_once('.').map(|(_, payload)| payload).unwrap_or_default();
+        subject_from_claims(&claims_checked(payload, &key.validation)?)
+    }
 }
 
 #[async_trait]
 impl Verifier for JwksVerifier {
     async fn verify(&self, token: &str) -> Result<String, AuthError> {
+        if let Some(header) = ed25519_header(token) {
+            return self.verify_ed25519(token, header).await;
+        }
         let header = jsonwebtoken::decode_header(token).map_err(classify)?;
         self.verify_parsed(token, header).await
     }

@@ -84,6 +84,9 @@ pub struct EitherKeySource {
 #[async_trait]
 impl Verifier for EitherKeySource {
     async fn verify(&self, token: &str) -> Result<String, AuthError> {
+        if let Some(header) = ed25519_header(token) {
+            return self.jwks.verify_ed25519(token, header).await;
+        }
         let header = jsonwebtoken::decode_header(token).map_err(classify)?;
         match header.alg.family() {
             AlgorithmFamily::Hmac => self.shared_secret.verify(token).await,
@@ -168,6 +171,47 @@ fn cookie_cache_user(claims: &Map<String, Value>) -> Option<&Value> {
 /// Whether `claims` are Better Auth's cookie cache: a `user` with an id and a `session` object.
 fn is_cookie_cache(claims: &Map<String, Value>) -> bool {
     cookie_cache_user(claims).is_some() && claims.get("session").is_some_and(Value::is_object)
+}
+
+/// RFC 9864's fully specified name for EdDSA over Ed25519, which deprecates the polymorphic
+/// `EdDSA`; Better Auth means to emit it. jsonwebtoken parses only `EdDSA`.
+const ED25519: &str = "Ed25519";
+
+/// The header of a token whose `alg` is [`ED25519`], with `alg` read as `EdDSA` (the same
+/// signature scheme for an Ed25519 key); `None` for any other token.
+fn ed25519_header(token: &str) -> Option<jsonwebtoken::Header> {
+    use base64::Engine as _;
+    let encoded = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    let mut header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    if header.get("alg")?.as_str()? != ED25519 {
+        return None;
+    }
+    header.insert("alg".into(), Value::from("EdDSA"));
+    serde_json::from_value(Value::Object(header)).ok()
+}
+
+/// The claims of a token whose signature has been verified apart (an [`ED25519`] one), checked
+/// by the library's own rules in `validation` (`exp`, `nbf`, `iss`, `aud`): the payload,
+/// byte for byte, under a header the library knows, signed again with a key that never leaves
+/// this process.
+fn claims_checked(payload: &str, validation: &Validation) -> Result<Map<String, Value>, AuthError> {
+    use base64::Engine as _;
+    static PROCESS_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let secret = PROCESS_KEY.get_or_init(|| {
+        [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|id| *id.as_bytes()).collect()
+    });
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#);
+    let message = format!("{header}.{payload}");
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).map_err(classify)?;
+    let mut validation = validation.clone();
+    validation.algorithms = vec![Algorithm::HS256];
+    let token = format!("{message}.{signature}");
+    let key = jsonwebtoken::DecodingKey::from_secret(secret);
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation);
+    Ok(data.map_err(classify)?.claims)
 }
 
 /// Maps a library error to ours, keeping the reason for the log.
