@@ -17,6 +17,7 @@ on_every_database!(
     every_filter_sort_and_order_walks_each_task_once,
     list_parameter_errors_and_aliases,
     tags_stay_exact_under_concurrent_updates,
+    search_follows_every_write_and_takes_any_character,
 );
 
 fn total_count(headers: &header::HeaderMap) -> i64 {
@@ -448,4 +449,75 @@ async fn tags_stay_exact_under_concurrent_updates(backend: Backend) {
         let (_, total, _) = get_list(&server, "racer", &format!("/api/tasks?tag={tag}")).await;
         assert_eq!(total, i64::from(final_tags.contains(&tag)), "tag {tag}, final {final_tags:?}");
     }
+}
+
+/// The search index follows creates, title and description changes and deletes, and a search
+/// means its characters literally (`%`, `_`, `\`, quotes), short or long.
+async fn search_follows_every_write_and_takes_any_character(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let count = |query: &str| {
+        let path = format!("/api/tasks?limit=10&search={}", urlencode(query));
+        let server = &server;
+        async move { get_list(server, "finder", &path).await.1 }
+    };
+    let created: Value = post(&server, "finder", json!({"title": "Dentist appointment"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    post(&server, "someone-else", json!({"title": "dentist for someone else"})).await;
+    assert_eq!(count("DENT").await, 1);
+    assert_eq!(count("nt").await, 1, "two characters");
+    let put = |body: Value| {
+        let request = server.raw().request(Method::PUT, &format!("/api/tasks/{id}"));
+        request.bearer_auth(token("finder")).json(&body).send()
+    };
+    assert_eq!(put(json!({"title": "Doctor"})).await.unwrap().status(), StatusCode::OK);
+    assert_eq!((count("dent").await, count("doct").await), (0, 1));
+    assert_eq!(
+        put(json!({"description": "see the DENTIST"})).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(count("dentist").await, 1, "the description");
+    assert_eq!(put(json!({"description": null})).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(count("dentist").await, 0);
+    for title in ["100% done_x", r#"say "hi" now"#, r"back\slash"] {
+        assert_eq!(
+            post(&server, "finder", json!({ "title": title })).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    for (query, expected) in [
+        ("%", 1),
+        ("0% d", 1),
+        ("_", 1),
+        ("e_x", 1),
+        ("%%", 0),
+        (r#""hi""#, 1),
+        ("\"", 1),
+        (r"k\s", 1),
+        ("\\", 1),
+        ("*", 0),
+        ("hi OR x", 0),
+    ] {
+        assert_eq!(count(query).await, expected, "search {query:?}");
+    }
+    let request = server.raw().request(Method::DELETE, &format!("/api/tasks/{id}"));
+    request.bearer_auth(token("finder")).send().await.unwrap();
+    assert_eq!(count("doct").await, 0, "deleted");
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(
+            |b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            },
+        )
+        .collect()
 }

@@ -308,7 +308,7 @@ async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
     };
     first.migrations = first.migrations[..1].to_vec().into();
     let insert = "INSERT INTO tasks (user_id, title, completed, created_at, updated_at) \
-                  VALUES ($1, 't', $2, $3, $3)";
+                  VALUES ($1, 'an old task', $2, $3, $3)";
     let rows = [("old", true), ("old", false), ("old", true), ("older", false)];
     if backend == Backend::Sqlite {
         let options: sqlx::sqlite::SqliteConnectOptions = database.url.parse().unwrap();
@@ -353,6 +353,10 @@ async fn upgrading_counts_the_tasks_already_there(backend: Backend) {
     // Existing tasks have the richer fields' defaults.
     let old = store.list("old", &ListQuery::default()).await.unwrap().tasks;
     assert_eq!(old.len(), 3);
+    // And the search index holds them (SQLite's is built by its migration).
+    let search = Filter { search: Some("OLD TA".into()), ..Filter::default() };
+    let found = store.list("old", &ListQuery { filter: search, ..ListQuery::default() }).await;
+    assert_eq!(found.unwrap().tasks.len(), 3);
     for task in &old {
         assert_eq!((task.priority, task.due_at, task.tags.len()), (Priority::Medium, None, 0));
     }

@@ -721,8 +721,8 @@ trait Dialect: sqlx::Database + Sized
 where
     Self::Arguments: Default,
 {
-    /// The case-insensitive `LIKE`.
-    const ILIKE: &'static str;
+    /// ` AND ` the title or the description contains `search`, in any letter case.
+    fn push_search(sql: &mut QueryBuilder<Self>, search: &str);
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str);
     fn bind_int(sql: &mut QueryBuilder<Self>, value: i64);
     fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>);
@@ -829,12 +829,7 @@ where
         StatusFilter::Completed => " AND completed",
     });
     if let Some(search) = &filter.search {
-        let pattern = format!("%{}%", escape_like(search));
-        sql.push(" AND (title ").push(DB::ILIKE).push(" ");
-        DB::bind_text(sql, &pattern);
-        sql.push(" ESCAPE '\\' OR description ").push(DB::ILIKE).push(" ");
-        DB::bind_text(sql, &pattern);
-        sql.push(" ESCAPE '\\')");
+        DB::push_search(sql, search);
     }
     if !filter.priorities.is_empty() {
         sql.push(" AND priority IN (");
@@ -863,6 +858,20 @@ where
         sql.push(" AND NOT completed AND due_at < ");
         DB::bind_time(sql, at);
     }
+}
+
+/// ` AND ` the title or the description is `like` (a case-insensitive `LIKE` of the dialect)
+/// `%search%`.
+fn push_like_search<DB: Dialect>(sql: &mut QueryBuilder<DB>, like: &str, search: &str)
+where
+    DB::Arguments: Default,
+{
+    let pattern = format!("%{}%", escape_like(search));
+    sql.push(" AND (title ").push(like).push(" ");
+    DB::bind_text(sql, &pattern);
+    sql.push(" ESCAPE '\\' OR description ").push(like).push(" ");
+    DB::bind_text(sql, &pattern);
+    sql.push(" ESCAPE '\\')");
 }
 
 /// `text` with `LIKE`'s wildcards and its escape character escaped (by `\`).

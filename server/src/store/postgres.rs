@@ -24,12 +24,15 @@ use super::{
     Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, IdempotencyKey, ListQuery,
     NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
     StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
-    count_statement, ids_statement, into_page, kept_claim, list_statement, task_columns,
-    wait_until_reachable, written,
+    count_statement, ids_statement, into_page, kept_claim, list_statement, push_like_search,
+    task_columns, wait_until_reachable, written,
 };
 
 impl Dialect for Postgres {
-    const ILIKE: &'static str = "ILIKE";
+    /// Served by the trigram GIN index, `user_id` in it (see the migration).
+    fn push_search(sql: &mut QueryBuilder<Self>, search: &str) {
+        push_like_search(sql, "ILIKE", search);
+    }
 
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str) {
         sql.push_bind(value.to_owned());

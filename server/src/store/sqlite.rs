@@ -26,13 +26,24 @@ use super::{
     Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, IdempotencyKey, ListQuery,
     NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
     StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
-    count_statement, ids_statement, into_page, kept_claim, list_statement, task_columns,
-    wait_until_reachable, written,
+    count_statement, ids_statement, into_page, kept_claim, list_statement, push_like_search,
+    task_columns, wait_until_reachable, written,
 };
 
 impl Dialect for Sqlite {
-    /// SQLite's `LIKE` ignores the case of ASCII letters only (without the ICU extension).
-    const ILIKE: &'static str = "LIKE";
+    /// Three characters or more: the FTS5 trigram index (a phrase of trigrams is a substring,
+    /// in any letter case); shorter ones have no trigram, and are matched with `LIKE` (which
+    /// ignores the case of ASCII letters only) on the user's rows.
+    fn push_search(sql: &mut QueryBuilder<Self>, search: &str) {
+        if search.chars().count() < 3 {
+            push_like_search(sql, "LIKE", search);
+            return;
+        }
+        // An FTS5 string: in double quotes, each double quote doubled.
+        let phrase = format!("\"{}\"", search.replace('"', "\"\""));
+        sql.push(" AND id IN (SELECT rowid FROM task_search WHERE task_search MATCH ");
+        sql.push_bind(phrase).push(")");
+    }
 
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str) {
         sql.push_bind(value.to_owned());
