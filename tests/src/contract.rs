@@ -200,6 +200,7 @@ mod tests {
 
     fn task() -> serde_json::Value {
         json!({"id": 1, "user_id": "alice", "title": "t", "description": null, "completed": false,
+               "priority": "medium", "due_date": null, "tags": [],
                "created_at": "2026-01-09T10:00:00.123456Z", "updated_at": "2026-01-09T10:00:00.123456Z"})
     }
 
