@@ -4,7 +4,7 @@
 use std::{fmt, net::IpAddr};
 
 use crate::{
-    auth::{ClaimRules, JwksSettings, JwksTiming, KeySources},
+    auth::{ClaimRules, CookieAuth, JwksSettings, JwksTiming, KeySources},
     connections::ConnectionLimits,
     rate_limit::RateLimitSettings,
     store::Retention,
@@ -70,6 +70,9 @@ pub struct Config {
     pub retention: Retention,
     /// `MAX_TASKS_PER_USER`.
     pub max_tasks_per_user: i64,
+    /// `AUTH_COOKIES=on`: Better Auth's `session_data` cookie is read too (same-origin
+    /// deployments).
+    pub auth_cookies: bool,
 }
 
 /// Where `GET /metrics` is served.
@@ -272,6 +275,28 @@ impl Config {
                 retention.idempotency_keys.as_secs(),
             )),
         };
+        let auth_cookies = match get("AUTH_COOKIES").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => {
+                problems.push("AUTH_COOKIES must be on or off".to_owned());
+                false
+            }
+        };
+        if auth_cookies && auth_secret.is_none() {
+            problems.push(
+                "AUTH_COOKIES=on needs BETTER_AUTH_SECRET (or BETTER_AUTH_SECRETS): Better Auth \
+                 signs its session_data cookie with it"
+                    .to_owned(),
+            );
+        }
+        if auth_cookies && cors_origins.is_empty() {
+            problems.push(
+                "AUTH_COOKIES=on needs BETTER_AUTH_URL or CORS_ORIGINS: the origins that \
+                 cookie-authenticated writes may come from"
+                    .to_owned(),
+            );
+        }
         if rate_limits
             .client_ip_header
             .as_deref()
@@ -303,6 +328,7 @@ impl Config {
             connections,
             retention,
             max_tasks_per_user,
+            auth_cookies,
         })
     }
 
@@ -326,6 +352,11 @@ impl Config {
                 timing: JwksTiming::default(),
             }),
         }
+    }
+
+    /// With `AUTH_COOKIES=on`, what cookie authentication needs besides the secret.
+    pub fn cookie_auth(&self) -> Option<CookieAuth> {
+        self.auth_cookies.then(|| CookieAuth { allowed_origins: self.cors_origins.clone() })
     }
 
     /// Warnings that should not stop the server.
@@ -427,6 +458,29 @@ mod tests {
             ["http://localhost:3000", "https://a.example", "https://b.example"]
         );
         assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn cookies_need_the_secret_and_the_origins_writes_may_come_from() {
+        let secret = ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef");
+        let origin = ("BETTER_AUTH_URL", "https://app.example/");
+        assert!(config(&[secret, origin]).unwrap().cookie_auth().is_none(), "off by default");
+        let on = config(&[secret, origin, ("AUTH_COOKIES", "on")]).unwrap();
+        assert_eq!(on.cookie_auth().unwrap().allowed_origins, ["https://app.example"]);
+        let jwks_only = [
+            ("BETTER_AUTH_JWKS_URL", "https://app.example/api/auth/jwks"),
+            origin,
+            ("AUTH_COOKIES", "on"),
+        ];
+        assert!(
+            config(&jwks_only)
+                .unwrap_err()
+                .to_string()
+                .contains("AUTH_COOKIES=on needs BETTER_AUTH_SECRET")
+        );
+        let no_origin = config(&[secret, ("AUTH_COOKIES", "on")]).unwrap_err();
+        assert!(no_origin.to_string().contains("CORS_ORIGINS"), "{no_origin}");
+        assert!(config(&[secret, ("AUTH_COOKIES", "yes")]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use poem::{
     IntoResponse, Response,
-    error::{MethodNotAllowedError, NotFoundError, ResponseError},
+    error::{CorsError, MethodNotAllowedError, NotFoundError, ResponseError},
     http::{HeaderValue, StatusCode, header},
 };
 use poem_openapi::{
@@ -65,8 +65,8 @@ pub enum ApiError {
     /// Build it with `From<AuthError>`, which turns an unavailable key set into a 503.
     #[error("{0}")]
     Unauthorized(AuthError),
-    #[error("forbidden")]
-    Forbidden,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     NotFound(&'static str),
     #[error("method not allowed")]
@@ -104,6 +104,17 @@ impl ApiError {
     /// `MAX_TASKS_PER_USER`: the caller holds as many tasks as allowed.
     pub const TASK_LIMIT_REACHED: ApiError =
         ApiError::Conflict { detail: "task limit reached", retry_after_secs: None };
+    /// `{user_id}` in the path is not the caller.
+    pub const NOT_THE_PATH_USER: ApiError =
+        ApiError::Forbidden("the user in the path is not the authenticated user");
+    /// A cookie-authenticated write from a page the service does not trust: what cross-site
+    /// request forgery looks like.
+    pub const CROSS_SITE_WRITE: ApiError = ApiError::Forbidden(
+        "a write authenticated by cookie must come from an allowed origin (Origin or Referer)",
+    );
+    /// A request whose `Origin` is not among the allowed ones (refused by CORS).
+    pub const FOREIGN_ORIGIN: ApiError =
+        ApiError::Forbidden("the request's Origin is not an allowed origin");
     /// A change-log cursor that can no longer be served.
     pub const CURSOR_GONE: ApiError = ApiError::Gone(
         "this cursor is older than the deletions kept (or not of this database): start over \
@@ -120,8 +131,7 @@ impl ApiError {
             ApiError::Unauthorized(AuthError::Invalid(_) | AuthError::KeysUnavailable) => {
                 "invalid token".into()
             }
-            ApiError::Forbidden => "the user in the path is not the authenticated user".into(),
-            ApiError::NotFound(detail) => (*detail).into(),
+            ApiError::Forbidden(detail) | ApiError::NotFound(detail) => (*detail).into(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".into(),
             ApiError::Conflict { detail, .. } | ApiError::Gone(detail) => (*detail).into(),
             ApiError::PreconditionFailed => {
@@ -166,7 +176,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -300,9 +310,13 @@ impl ApiError {
                 ApiError::Unauthorized(AuthError::Invalid(String::new())),
                 "The bearer token is missing, malformed, expired or not valid.".into(),
             ),
-            403 => {
-                (ApiError::Forbidden, "The user id in the path is not the token's subject.".into())
-            }
+            403 => (
+                ApiError::NOT_THE_PATH_USER,
+                "The user id in the path is not the token's subject; or (a write signed in by \
+                 cookie, `AUTH_COOKIES=on`) its `Origin`, else its `Referer`, is not an allowed \
+                 origin. Nothing was changed."
+                    .into(),
+            ),
             404 => (
                 ApiError::TASK_NOT_FOUND,
                 "No such task for this user (another user's task is reported the same way).".into(),
@@ -405,6 +419,8 @@ fn from_framework(err: &poem::Error) -> ApiError {
         ApiError::NotFound("no such resource")
     } else if err.is::<MethodNotAllowedError>() {
         ApiError::MethodNotAllowed
+    } else if err.is::<CorsError>() {
+        ApiError::FOREIGN_ORIGIN
     } else {
         match err.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,

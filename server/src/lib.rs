@@ -26,7 +26,7 @@ use poem::{
 };
 
 use crate::{
-    auth::Verifier,
+    auth::{CookieAuth, Verifier},
     config::Config,
     connections::{ConnectionLimits, LimitedAcceptor},
     rate_limit::RateLimits,
@@ -40,6 +40,8 @@ pub struct AppState {
     pub verifier: Arc<dyn Verifier>,
     /// `None` when rate limiting is off.
     pub rate_limits: Option<Arc<RateLimits>>,
+    /// `None` unless `AUTH_COOKIES=on`.
+    pub cookie_auth: Option<Arc<CookieAuth>>,
 }
 
 impl AppState {
@@ -56,7 +58,8 @@ impl AppState {
         let store = store::connect(config.database_url.expose(), &options).await?;
         upkeep::spawn(store.clone(), config.retention);
         let rate_limits = RateLimits::start(&config.rate_limits)?;
-        Ok(Self { store, verifier, rate_limits })
+        let cookie_auth = config.cookie_auth().map(Arc::new);
+        Ok(Self { store, verifier, rate_limits, cookie_auth })
     }
 }
 
@@ -104,6 +107,8 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
         // Inside CORS, so that error responses carry CORS headers too.
         .catch_all_error(error::problem_response)
         .with_if(!cors_origins.is_empty(), http::cors(cors_origins))
+        // CORS's own refusals (an origin not allowed) as problems too.
+        .catch_all_error(error::problem_response)
         // A bug that panics still answers with a problem (and is logged by the panic hook).
         .with(CatchPanic::new().with_handler(|_| error::ApiError::Internal))
         .around(http::trace_request)

@@ -19,3 +19,6 @@ pub const TAG_MAX_CHARS: usize = 32;
 pub const TAGS_MAX: usize = 20;
 /// A listing's `search`: 1 to this many Unicode characters.
 pub const SEARCH_MAX_CHARS: usize = 100;
+/// Better Auth's `session_data` cookie, chunks joined: larger is not a cookie it set (its
+/// chunks are ~4 KB each; a session with a large user record takes a few).
+pub const MAX_SESSION_COOKIE_BYTES: usize = 32 * 1024;

@@ -4,17 +4,43 @@
 //
 // `COOKIE_CACHE=jwt` (or `compact`) turns the session cookie cache on in that strategy; Better
 // Auth itself reads `BETTER_AUTH_SECRETS` (a rotation) from the environment.
+// `CLOCK_SKEW_SECS=-7200` runs Better Auth's clock two hours behind, so that what it signs is
+// already expired (for the tests of expiry, with Better Auth's own cookies).
+//
+// `GET /test/sign?sub=…&alg=…` signs a token for `sub` with the JWT plugin's own latest key (a
+// test-only route, beside Better Auth's): with `alg=Ed25519`, through `jose`, RFC 9864's name,
+// which Better Auth does not emit yet; with any other `alg`, the same key's Ed25519 signature
+// under that header, to prove the service pins the key to its algorithm.
 //
 // It listens on 127.0.0.1 on a free port and prints one JSON line, {"url": "http://…"}, once it
 // serves. Better Auth needs its base URL up front, so the port is bound before the auth
 // instance is built. It exits when its standard input closes (the test process went away).
 
+import { createPrivateKey, sign } from "node:crypto";
 import { createServer } from "node:http";
 
-import { betterAuth } from "better-auth";
-import { memoryAdapter } from "better-auth/adapters/memory";
-import { toNodeHandler } from "better-auth/node";
-import { jwt } from "better-auth/plugins";
+const skewMs = Number(process.env.CLOCK_SKEW_SECS ?? 0) * 1000;
+if (skewMs) {
+  const RealDate = Date;
+  globalThis.Date = class extends RealDate {
+    constructor(...args) {
+      if (args.length === 0) super(RealDate.now() + skewMs);
+      else super(...args);
+    }
+    static now() {
+      return RealDate.now() + skewMs;
+    }
+  };
+}
+
+const { betterAuth } = await import("better-auth");
+const { memoryAdapter } = await import("better-auth/adapters/memory");
+const { toNodeHandler } = await import("better-auth/node");
+const { jwt } = await import("better-auth/plugins");
+const { symmetricDecrypt } = await import("better-auth/crypto");
+const { SignJWT, importJWK } = await import("jose");
+
+const SECRET = "better-auth-fixture-secret-not-used-by-the-task-api";
 
 const KEY_PAIRS = {
   EdDSA: { alg: "EdDSA", crv: "Ed25519" },
@@ -29,13 +55,42 @@ if (!keyPairConfig) {
   process.exit(2);
 }
 
+const tables = { user: [], session: [], account: [], verification: [], jwks: [] };
+
+/// The plugin's latest key pair, as it stored it (the private key encrypted with the secret).
+async function pluginKey() {
+  const key = tables.jwks.at(-1);
+  if (!key) throw new Error("no key yet: take a token from /api/auth/token first");
+  const privateJwk = JSON.parse(await symmetricDecrypt({ key: SECRET, data: JSON.parse(key.privateKey) }));
+  return { kid: key.id, privateJwk };
+}
+
+async function signTest(baseURL, url, res) {
+  const alg = url.searchParams.get("alg");
+  const { kid, privateJwk } = await pluginKey();
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub: url.searchParams.get("sub"), iss: baseURL, aud: baseURL, iat: now, exp: now + 900 };
+  let token;
+  if (alg === "Ed25519") {
+    const key = await importJWK(privateJwk, "Ed25519");
+    token = await new SignJWT(claims).setProtectedHeader({ alg, kid, typ: "JWT" }).sign(key);
+  } else {
+    const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+    const signingInput = `${encode({ alg, kid, typ: "JWT" })}.${encode(claims)}`;
+    const key = createPrivateKey({ key: privateJwk, format: "jwk" });
+    token = `${signingInput}.${sign(null, Buffer.from(signingInput), key).toString("base64url")}`;
+  }
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify({ token }));
+}
+
 const server = createServer();
 server.listen(0, "127.0.0.1", () => {
   const baseURL = `http://127.0.0.1:${server.address().port}`;
   const auth = betterAuth({
     baseURL,
-    secret: "better-auth-fixture-secret-not-used-by-the-task-api",
-    database: memoryAdapter({ user: [], session: [], account: [], verification: [], jwks: [] }),
+    secret: SECRET,
+    database: memoryAdapter(tables),
     emailAndPassword: { enabled: true },
     session: process.env.COOKIE_CACHE
       ? { cookieCache: { enabled: true, strategy: process.env.COOKIE_CACHE, maxAge: 300 } }
@@ -43,7 +98,15 @@ server.listen(0, "127.0.0.1", () => {
     plugins: [jwt({ jwks: { keyPairConfig } })],
     telemetry: { enabled: false },
   });
-  server.on("request", toNodeHandler(auth));
+  const handler = toNodeHandler(auth);
+  server.on("request", (req, res) => {
+    const url = new URL(req.url, baseURL);
+    if (url.pathname !== "/test/sign") return handler(req, res);
+    signTest(baseURL, url, res).catch((err) => {
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+  });
   console.log(JSON.stringify({ url: baseURL }));
 });
 

@@ -14,7 +14,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
 use server::{
     AppOptions, AppState,
-    auth::{ClaimRules, JwksSettings, KeySources},
+    auth::{ClaimRules, CookieAuth, JwksSettings, KeySources},
     connections::ConnectionLimits,
     rate_limit::{RateLimitSettings, RateLimits},
     store::ConnectOptions,
@@ -126,6 +126,8 @@ pub struct Options {
     pub no_shared_secret: bool,
     /// Older shared secrets still accepted beside [`SECRET`] (a rotation in progress).
     pub previous_secrets: Vec<Vec<u8>>,
+    /// `AUTH_COOKIES=on`, with `cors_origins` as the origins cookie writes may come from.
+    pub auth_cookies: bool,
     /// How the store connects: production's defaults unless a test says otherwise (retention,
     /// the task cap); [`TestServer::start_with`] sets what the backend decides.
     pub connect: ConnectOptions,
@@ -167,7 +169,11 @@ impl TestServer {
         let app_options =
             AppOptions { cors_origins: options.cors_origins.clone(), metrics: options.metrics };
         let rate_limits = RateLimits::start(&options.rate_limits).expect("rate limits");
-        let app = server::app(AppState { store, verifier, rate_limits }, &app_options)
+        let cookie_auth = options
+            .auth_cookies
+            .then(|| Arc::new(CookieAuth { allowed_origins: options.cors_origins.clone() }));
+        let state = AppState { store, verifier, rate_limits, cookie_auth };
+        let app = server::app(state, &app_options)
             .around(move |next, req| check_response(next, req, seen.clone(), expected.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();

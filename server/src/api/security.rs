@@ -1,10 +1,11 @@
-//! The bearer-JWT security scheme, one extractor per path style. It is the first argument of
-//! every operation, so a bad token is a 401 and a foreign `{user_id}` a 403 before the body, the
-//! query or the task is looked at.
+//! The security schemes (a bearer JWT; Better Auth's session cookie as the alternative), one
+//! extractor per path style. It is the first argument of every operation, so a bad token is a
+//! 401 and a foreign `{user_id}` (or a cross-site cookie write) a 403 before the body, the query
+//! or the task is looked at.
 //!
 //! Which style an operation has is its type, [`BearerAuth`] or [`UserPathBearerAuth`], not a
 //! guess from the request path: on the user-path routes `{user_id}` is whatever the router
-//! matched there, `tasks` included. Both document themselves as the one `BearerAuth` scheme, so
+//! matched there, `tasks` included. Both document themselves as the same two schemes, so
 //! Swagger UI's "Authorize" asks for the token once.
 
 use poem::{Request, RequestBody, http::header};
@@ -15,7 +16,7 @@ use poem_openapi::{
 
 use crate::{
     AppState,
-    auth::{AuthError, MAX_TOKEN_BYTES},
+    auth::{self, AuthError, MAX_TOKEN_BYTES},
     error::ApiError,
 };
 
@@ -30,9 +31,21 @@ pub struct Caller {
 const SCHEME: &str = "BearerAuth";
 
 const DESCRIPTION: &str = "A JWT issued by Better Auth, sent as `Authorization: Bearer <token>`: \
-HS256 with the secret shared with Better Auth, or signed by its JWT plugin's key pair (EdDSA, \
-ES256, RS256, PS256; verified by `kid` against its JWKS, with `iss` and `aud` equal to Better \
-Auth's base URL). `exp` is required; the user id is `sub`.";
+HS256 with the secret shared with Better Auth (any of `BETTER_AUTH_SECRETS`), or signed by its \
+JWT plugin's key pair (EdDSA or Ed25519, ES256, RS256, PS256; verified by `kid` against its \
+JWKS, with `iss` and `aud` equal to Better Auth's base URL). `exp` is required; the user id is \
+`sub` (or, in Better Auth's cookie cache as a JWT, `user.id`).";
+
+/// The cookie alternative's name in the OpenAPI document: listed after the bearer scheme, so
+/// that generated clients keep sending the header.
+const COOKIE_SCHEME: &str = "CookieAuth";
+
+const COOKIE_DESCRIPTION: &str = "Same-origin deployments only (the service started with \
+`AUTH_COOKIES=on`, behind the frontend's `/api` proxy): the browser's Better Auth cookie cache, \
+`better-auth.session_data` (or `__Secure-better-auth.session_data`, or its chunks), in its \
+`compact` or `jwt` strategy, verified with the shared secret and its own expiry. An \
+`Authorization` header wins over it. A `POST`, `PUT`, `PATCH` or `DELETE` signed in this way \
+needs an `Origin` (else a `Referer`) among the allowed origins, else 403.";
 
 /// The caller of an `/api/tasks…` operation: the owner is the token's subject.
 pub struct BearerAuth(pub Caller);
@@ -58,7 +71,7 @@ macro_rules! bearer_extractor {
             }
 
             fn security_schemes() -> Vec<&'static str> {
-                vec![SCHEME]
+                vec![SCHEME, COOKIE_SCHEME]
             }
 
             async fn from_request(
@@ -91,6 +104,19 @@ fn register(registry: &mut Registry) {
             openid_connect_url: None,
         },
     );
+    registry.create_security_scheme(
+        COOKIE_SCHEME,
+        MetaSecurityScheme {
+            ty: "apiKey",
+            description: Some(COOKIE_DESCRIPTION),
+            name: Some("better-auth.session_data"),
+            key_in: Some("cookie"),
+            scheme: None,
+            bearer_format: None,
+            flows: None,
+            openid_connect_url: None,
+        },
+    );
 }
 
 fn check_path_user(req: &Request, caller: &Caller) -> Result<(), ApiError> {
@@ -98,20 +124,48 @@ fn check_path_user(req: &Request, caller: &Caller) -> Result<(), ApiError> {
         Ok(())
     } else {
         tracing::warn!("path user is not the token subject");
-        Err(ApiError::Forbidden)
+        Err(ApiError::NOT_THE_PATH_USER)
     }
 }
 
-/// The caller, within its rate limit: a valid token's subject spends from the subject's
-/// bucket; a request without one from its client address's, and past that it is a 429 rather
-/// than a 401.
+/// Where a request's credentials came from: the log and the metrics say which.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Bearer,
+    /// Better Auth's `session_data` cookie (`AUTH_COOKIES=on`).
+    Cookie,
+}
+
+/// Who is this? Decided here, once, for every source: the `Authorization` header first (when
+/// it carries a bearer token, it wins); then, only with `AUTH_COOKIES=on`, Better Auth's
+/// `session_data` cookie, whose writes must also come from an allowed origin (403, before the
+/// cookie is even verified). Every source ends in the same subject rules and the same 401s.
+///
+/// Within the rate limit: a valid credential's subject spends from the subject's bucket; a
+/// request without one from its client address's, and past that it is a 429 rather than a 401.
 async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
     let state = req.data::<AppState>().ok_or(ApiError::Internal)?;
-    let verified = match bearer_token(req) {
-        Ok(token) => state.verifier.verify(token).await,
-        Err(err) => Err(err),
-    };
     let limits = state.rate_limits.as_deref();
+    let (source, verified) = match (bearer_token(req), state.cookie_auth.as_deref()) {
+        (Err(AuthError::Missing), Some(cookie_auth)) => match auth::session_data(req.headers()) {
+            None => (Source::Bearer, Err(AuthError::Missing)),
+            Some(_) if !cookie_auth.allows(req.method(), req.headers()) => {
+                limits.map_or(Ok(()), |limits| limits.check_address(req))?;
+                tracing::warn!("cookie-authenticated write from an origin that is not allowed");
+                return Err(ApiError::CROSS_SITE_WRITE);
+            }
+            Some(Ok(cookie)) => {
+                (Source::Cookie, state.verifier.verify_session_cookie(&cookie).await)
+            }
+            Some(Err(err)) => (Source::Cookie, Err(err)),
+        },
+        // The cookie cache's `compact` form is no JWT, but a frontend may send it as its token.
+        (Ok(token), _) if !auth::is_jwt(token) => {
+            (Source::Bearer, state.verifier.verify_session_cookie(token).await)
+        }
+        (Ok(token), _) => (Source::Bearer, state.verifier.verify(token).await),
+        (Err(err), _) => (Source::Bearer, Err(err)),
+    };
     match verified {
         Ok(user_id) => {
             limits.map_or(Ok(()), |limits| limits.check_user(&user_id))?;
@@ -119,21 +173,21 @@ async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
         }
         Err(err) => {
             limits.map_or(Ok(()), |limits| limits.check_address(req))?;
-            Err(reject(err))
+            Err(reject(source, err))
         }
     }
 }
 
-fn reject(err: AuthError) -> ApiError {
+fn reject(source: Source, err: AuthError) -> ApiError {
     let reason = match err {
         AuthError::Missing => Some("missing"),
         AuthError::Expired => Some("expired"),
         AuthError::Invalid(_) => Some("invalid"),
-        // Not the token's fault: a 503, counted as such.
+        // Not the credential's fault: a 503, counted as such.
         AuthError::KeysUnavailable => None,
     };
     if let Some(reason) = reason {
-        tracing::warn!(reason = %err, "rejected bearer token");
+        tracing::warn!(?source, reason = %err, "rejected credentials");
         crate::metrics::rejected_token(reason);
     }
     ApiError::from(err)

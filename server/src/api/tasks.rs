@@ -338,15 +338,16 @@ task_operations!(
 );
 
 /// The error statuses each task operation can answer, by its `/api/tasks…` operationId (the
-/// `/api/{user_id}/tasks…` twin adds 403). `api::spec` documents exactly these, and the test
+/// `/api/{user_id}/tasks…` twin adds 403 where it is missing; a write's 403 is a cross-site
+/// cookie write, `AUTH_COOKIES=on`). `api::spec` documents exactly these, and the test
 /// harness fails any response whose status the document does not list.
 pub(super) const ERROR_STATUSES: [(&str, &[u16]); 7] = [
     ("list_tasks", &[400, 401, 422, 429, 500, 503]),
-    ("create_task", &[400, 401, 409, 413, 415, 422, 429, 500, 503]),
+    ("create_task", &[400, 401, 403, 409, 413, 415, 422, 429, 500, 503]),
     ("get_task", &[400, 401, 404, 429, 500, 503]),
-    ("update_task", &[400, 401, 404, 409, 412, 413, 415, 422, 429, 500, 503]),
-    ("toggle_task", &[400, 401, 404, 409, 412, 422, 429, 500, 503]),
-    ("delete_task", &[400, 401, 404, 409, 412, 422, 429, 500, 503]),
+    ("update_task", &[400, 401, 403, 404, 409, 412, 413, 415, 422, 429, 500, 503]),
+    ("toggle_task", &[400, 401, 403, 404, 409, 412, 422, 429, 500, 503]),
+    ("delete_task", &[400, 401, 403, 404, 409, 412, 422, 429, 500, 503]),
     ("list_changes", &[400, 401, 410, 422, 429, 500, 503]),
 ];
 

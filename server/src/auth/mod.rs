@@ -4,6 +4,7 @@
 //! added beside the shared secret without touching the handlers. The reason a token was rejected
 //! is kept in [`AuthError`] for the log; the client only learns "expired" or "invalid token".
 
+mod cookies;
 mod jwks;
 mod shared_secret;
 
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
+pub use cookies::{CookieAuth, is_jwt, session_data};
 pub use jwks::{JwksSettings, JwksTiming, JwksVerifier};
 pub use shared_secret::{SharedSecretVerifier, issue_dev_token};
 
@@ -39,6 +41,13 @@ pub enum AuthError {
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
     async fn verify(&self, token: &str) -> Result<String, AuthError>;
+
+    /// The subject of Better Auth's `session_data` cookie, in its `jwt` or `compact` strategy.
+    /// Only the shared secret signs it: without one, no cookie is valid.
+    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+        let _ = value;
+        Err(AuthError::Invalid("a session cookie needs BETTER_AUTH_SECRET to verify".into()))
+    }
 
     /// In JWKS mode, whether a key set has loaded; `None` without a JWKS.
     fn key_set_loaded(&self) -> Option<bool> {
@@ -92,6 +101,10 @@ impl Verifier for EitherKeySource {
             AlgorithmFamily::Hmac => self.shared_secret.verify(token).await,
             _ => self.jwks.verify_parsed(token, header).await,
         }
+    }
+
+    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+        self.shared_secret.verify_session_cookie(value).await
     }
 
     fn key_set_loaded(&self) -> Option<bool> {
@@ -173,6 +186,24 @@ fn is_cookie_cache(claims: &Map<String, Value>) -> bool {
     cookie_cache_user(claims).is_some() && claims.get("session").is_some_and(Value::is_object)
 }
 
+/// The cookie cache's own session must still be live: `session.expiresAt` (an ISO date) not
+/// past, as `isEmbeddedSessionExpired` in `better-auth/dist/cookies/index.mjs` holds it (a
+/// missing or unreadable date is not an expiry there, and not here). The cookie cache outlives
+/// a session that ends sooner than its `maxAge`.
+fn check_embedded_session(claims: &Map<String, Value>) -> Result<(), AuthError> {
+    let expires_at = claims
+        .get("session")
+        .and_then(|session| session.get("expiresAt"))
+        .and_then(Value::as_str)
+        .and_then(|date| chrono::DateTime::parse_from_rfc3339(date).ok());
+    match expires_at {
+        Some(at) if at.timestamp() + (LEEWAY_SECS as i64) < chrono::Utc::now().timestamp() => {
+            Err(AuthError::Expired)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// RFC 9864's fully specified name for EdDSA over Ed25519, which deprecates the polymorphic
 /// `EdDSA`; Better Auth means to emit it. jsonwebtoken parses only `EdDSA`.
 const ED25519: &str = "Ed25519";
@@ -244,6 +275,9 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError>
         && user != session_user
     {
         return Err(AuthError::Invalid("user.id and session.userId disagree".into()));
+    }
+    if is_cookie_cache(claims) {
+        check_embedded_session(claims)?;
     }
     match claim.as_str() {
         Some(subject)

@@ -7,7 +7,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde_json::{Map, Value, json};
 
 use super::{
-    AuthError, ClaimRules, Verifier, check_key_id, classify, is_cookie_cache, subject_from_claims,
+    AuthError, ClaimRules, LEEWAY_SECS, Verifier, check_key_id, classify, cookies, is_cookie_cache,
+    subject_from_claims,
 };
 
 pub struct SharedSecretVerifier {
@@ -67,6 +68,21 @@ impl Verifier for SharedSecretVerifier {
             return subject_from_claims(&claims);
         }
         Err(failure)
+    }
+
+    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+        if cookies::is_jwt(value) {
+            return self.verify(value).await;
+        }
+        let claims = cookies::verify_compact(value, &self.keys)?;
+        if !is_cookie_cache(&claims) {
+            return Err(AuthError::Invalid("compact session_data without session and user".into()));
+        }
+        let expires = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0);
+        if expires + (LEEWAY_SECS as f64) < jsonwebtoken::get_current_timestamp() as f64 {
+            return Err(AuthError::Expired);
+        }
+        subject_from_claims(&claims)
     }
 }
 
