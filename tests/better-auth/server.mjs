@@ -12,12 +12,20 @@
 // which Better Auth does not emit yet; with any other `alg`, the same key's Ed25519 signature
 // under that header, to prove the service pins the key to its algorithm.
 //
-// It listens on 127.0.0.1 on a free port and prints one JSON line, {"url": "http://…"}, once it
-// serves. Better Auth needs its base URL up front, so the port is bound before the auth
-// instance is built. It exits when its standard input closes (the test process went away).
+// As a same-origin frontend (Next.js `rewrites`) does, it proxies every other `/api/*` request,
+// headers and cookies untouched, to the task API named by a line `{"proxy": "http://…"}` on its
+// standard input, and serves a blank page at `/` for a browser to start from. A second listener,
+// another origin on the same host, serves the same blank page: the "other site" of the
+// cross-site request forgery tests.
+//
+// It listens on 127.0.0.1 on free ports and prints one JSON line,
+// {"url": "http://…", "elsewhere": "http://…"}, once it serves. Better Auth needs its base URL up
+// front, so the port is bound before the auth instance is built. It exits when its standard
+// input closes (the test process went away).
 
 import { createPrivateKey, sign } from "node:crypto";
-import { createServer } from "node:http";
+import { createServer, request as forward } from "node:http";
+import { createInterface } from "node:readline";
 
 const skewMs = Number(process.env.CLOCK_SKEW_SECS ?? 0) * 1000;
 if (skewMs) {
@@ -84,6 +92,36 @@ async function signTest(baseURL, url, res) {
   res.end(JSON.stringify({ token }));
 }
 
+let proxyTarget;
+
+/// The request, as it came, to the task API; its answer, as it came, back.
+function proxy(req, res) {
+  if (!proxyTarget) {
+    res.statusCode = 502;
+    return res.end("no task API to proxy to yet");
+  }
+  const target = new URL(req.url, proxyTarget);
+  const upstream = forward(target, { method: req.method, headers: { ...req.headers, host: target.host } }, (answer) => {
+    res.writeHead(answer.statusCode, answer.headers);
+    answer.pipe(res);
+  });
+  upstream.on("error", (err) => {
+    res.statusCode = 502;
+    res.end(String(err));
+  });
+  req.pipe(upstream);
+}
+
+const BLANK_PAGE = "<!doctype html><html><head><title>tasks</title></head><body></body></html>";
+
+function blankPage(res) {
+  res.setHeader("content-type", "text/html");
+  res.end(BLANK_PAGE);
+}
+
+const elsewhere = createServer((req, res) => blankPage(res));
+await new Promise((resolve) => elsewhere.listen(0, "127.0.0.1", resolve));
+
 const server = createServer();
 server.listen(0, "127.0.0.1", () => {
   const baseURL = `http://127.0.0.1:${server.address().port}`;
@@ -101,14 +139,23 @@ server.listen(0, "127.0.0.1", () => {
   const handler = toNodeHandler(auth);
   server.on("request", (req, res) => {
     const url = new URL(req.url, baseURL);
+    if (url.pathname === "/") return blankPage(res);
+    if (url.pathname.startsWith("/api/") && !url.pathname.startsWith("/api/auth/")) {
+      return proxy(req, res);
+    }
     if (url.pathname !== "/test/sign") return handler(req, res);
     signTest(baseURL, url, res).catch((err) => {
       res.statusCode = 500;
       res.end(String(err));
     });
   });
-  console.log(JSON.stringify({ url: baseURL }));
+  const elsewhereURL = `http://127.0.0.1:${elsewhere.address().port}`;
+  console.log(JSON.stringify({ url: baseURL, elsewhere: elsewhereURL }));
 });
 
-process.stdin.on("end", () => process.exit(0));
-process.stdin.resume();
+const control = createInterface({ input: process.stdin });
+control.on("line", (line) => {
+  proxyTarget = JSON.parse(line).proxy;
+  console.log(JSON.stringify({ proxying: proxyTarget }));
+});
+control.on("close", () => process.exit(0));

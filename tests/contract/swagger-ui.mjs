@@ -81,12 +81,15 @@ try {
   await page.goto(`${baseUrl}/docs`, { waitUntil: "networkidle" });
   await page.locator(".swagger-ui .info .title").waitFor();
 
-  // Authorize: the one bearer scheme, the token pasted once.
+  // Authorize: the bearer scheme (the first of the two; the cookie alternative is for
+  // same-origin browsers, and the dialog lists it after), the token pasted once.
   await page.locator(".scheme-container button.authorize").click();
   const dialog = page.locator(".modal-ux");
-  await dialog.locator("input").first().fill(token);
-  await dialog.locator("button.authorize").first().click();
-  await dialog.locator("button.btn-done").click();
+  const bearer = dialog.locator(".auth-container").first();
+  await bearer.getByText("BearerAuth").first().waitFor();
+  await bearer.locator("input").first().fill(token);
+  await bearer.locator("button.authorize").click();
+  await bearer.locator("button.btn-done").click();
 
   const title = `From Swagger UI ${Date.now()}`;
   const key = `swagger-ui-${Date.now()}`;

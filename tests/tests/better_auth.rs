@@ -15,8 +15,8 @@ use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use server::config::Config;
 use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
 };
 
 on_every_database!(
@@ -24,6 +24,7 @@ on_every_database!(
     the_cookie_cache_is_a_bearer_token_through_a_secret_rotation,
     session_cookies_sign_in_a_same_origin_frontend,
     the_plugins_key_signs_under_rfc_9864s_ed25519_name_and_only_its_own_algorithm,
+    a_browser_on_the_frontends_origin_needs_no_token_and_other_sites_forge_nothing,
 );
 
 const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
@@ -83,6 +84,16 @@ async fn better_auth_jwt_plugin_tokens_are_accepted(backend: Backend) {
     }
 }
 
+/// The next JSON line `server.mjs` prints.
+async fn next_line(output: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(30), output.next_line())
+        .await
+        .expect("Better Auth did not answer within 30 s")
+        .expect("read Better Auth's output")
+        .expect("Better Auth exited");
+    serde_json::from_str(&line).expect("a JSON line from Better Auth")
+}
+
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("better-auth")
 }
@@ -99,7 +110,8 @@ fn node_is_installed() -> bool {
 fn install_fixture() {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _once = INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if fixture_dir().join("node_modules/better-auth").exists() {
+    let installed = |package| fixture_dir().join("node_modules").join(package).exists();
+    if ["better-auth", "jose", "playwright-core"].into_iter().all(installed) {
         return;
     }
     let output = std::process::Command::new("npm")
@@ -117,7 +129,12 @@ fn install_fixture() {
 /// A Better Auth server with the JWT plugin; killed when dropped.
 struct BetterAuth {
     url: String,
+    /// Another origin on the same host, serving a blank page: the "other site".
+    elsewhere: String,
     http: reqwest::Client,
+    /// `server.mjs`'s control channel: a line in, a line out.
+    control: ChildStdin,
+    output: Lines<BufReader<ChildStdout>>,
     _process: Child,
 }
 
@@ -138,16 +155,25 @@ impl BetterAuth {
             .kill_on_drop(true)
             .spawn()
             .expect("start Better Auth under node");
-        let stdout = process.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("Better Auth did not start within 30 s")
-            .expect("read Better Auth's output")
-            .expect("Better Auth exited before serving");
-        let started: Value = serde_json::from_str(&line).expect("Better Auth's start line");
+        let control = process.stdin.take().unwrap();
+        let mut output = BufReader::new(process.stdout.take().unwrap()).lines();
+        let started = next_line(&mut output).await;
         let http = client_sdk::http_client_builder().build().unwrap();
-        Self { url: started["url"].as_str().unwrap().to_owned(), http, _process: process }
+        Self {
+            url: started["url"].as_str().unwrap().to_owned(),
+            elsewhere: started["elsewhere"].as_str().unwrap().to_owned(),
+            http,
+            control,
+            output,
+            _process: process,
+        }
+    }
+
+    /// From now on, `/api/*` (but Better Auth's own `/api/auth/*`) is proxied to `task_api`.
+    async fn proxy_to(&mut self, task_api: &str) {
+        let line = format!("{}\n", json!({ "proxy": task_api }));
+        self.control.write_all(line.as_bytes()).await.expect("write to Better Auth");
+        assert_eq!(next_line(&mut self.output).await["proxying"], task_api);
     }
 
     /// Signs a new user up (email and password) and takes a JWT from `/api/auth/token`, as
@@ -499,4 +525,76 @@ async fn the_plugins_key_signs_under_rfc_9864s_ed25519_name_and_only_its_own_alg
         let refused = status(auth.token_signed_as(&user_id, alg).await).await;
         assert_eq!(refused, StatusCode::UNAUTHORIZED, "the Ed25519 key under {alg}");
     }
+}
+
+/// Whether Chromium can run here; on a developer's machine without it the test says so and
+/// skips, in CI (which installs it) it fails.
+fn chromium_is_installed() -> bool {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if std::path::Path::new(&chromium).exists() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI is set but {chromium} is not installed");
+    eprintln!("SKIPPED: {chromium} is not installed (CI installs Debian's chromium)");
+    false
+}
+
+/// The whole same-origin setup in a real browser (`tests/better-auth/browser.mjs`): headless
+/// Chromium signs up on the frontend's origin, which proxies `/api/*` to the service as a
+/// Next.js rewrite does, and creates, toggles and lists tasks there with Better Auth's
+/// (httpOnly, `compact`) cookies alone. A page on another origin of the same host, whose
+/// requests carry those cookies too, posts a form to the proxy and `fetch`es with credentials
+/// to the proxy and to the service: every one is a 403 and the user's tasks are unchanged.
+async fn a_browser_on_the_frontends_origin_needs_no_token_and_other_sites_forge_nothing(
+    backend: Backend,
+) {
+    if !better_auth_can_run() || !chromium_is_installed() {
+        return;
+    }
+    let secrets = format!("1:{}", integration_tests::SECRET);
+    let env = [("COOKIE_CACHE", "compact"), ("BETTER_AUTH_SECRETS", secrets.as_str())];
+    let mut auth = BetterAuth::start_with("EdDSA", &env).await;
+    let options =
+        Options { auth_cookies: true, cors_origins: vec![auth.url.clone()], ..Options::default() };
+    let server = TestServer::start_with(backend, options).await;
+    // CORS preflights and the refused form's and fetches' requests are no operation.
+    server.expect_undeclared_requests();
+    auth.proxy_to(&server.base_url).await;
+
+    let output = Command::new("node")
+        .args(["browser.mjs", &auth.url, &auth.elsewhere, &server.base_url])
+        .current_dir(fixture_dir())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("the browser finished within 120 s")
+        .expect("run node browser.mjs");
+    assert!(output.status.success(), "browser.mjs: {}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("browser.mjs's JSON line");
+
+    let signed_in = &seen["signedIn"];
+    let user_id = signed_in["userId"].as_str().expect("signed up");
+    assert_eq!(
+        signed_in["cookies"], "",
+        "Better Auth's cookies are httpOnly: no script reads them"
+    );
+    for created in signed_in["created"].as_array().unwrap() {
+        assert_eq!(created["status"], 201, "{seen}");
+        assert_eq!(created["task"]["user_id"], user_id);
+    }
+    assert_eq!(signed_in["toggleStatus"], 200, "{seen}");
+    assert_eq!(signed_in["listStatus"], 200, "{seen}");
+    assert_eq!(signed_in["listed"].as_array().unwrap().len(), 2);
+    assert_eq!(seen["authorizationHeaders"], json!([]), "no request carried a token");
+
+    assert_eq!(seen["formStatus"], 403, "{seen}");
+    let problem: Value = serde_json::from_str(seen["formBody"].as_str().unwrap()).unwrap();
+    assert_eq!(problem["status"], 403);
+    for forged in seen["forgedFetches"].as_array().unwrap() {
+        assert_eq!(forged["status"], 403, "{forged}");
+    }
+    assert_eq!(seen["after"], signed_in["listed"], "the forged writes changed nothing");
+    let stored = server.client(user_id).list_user_tasks().user_id(user_id).send().await.unwrap();
+    assert_eq!(stored.len(), 2);
 }
