@@ -15,25 +15,15 @@
 
 import { chromium } from "playwright-core";
 
+import { chromiumOptions } from "../chromium.mjs";
+
 const [frontend, elsewhere, taskApi] = process.argv.slice(2);
 if (!frontend || !elsewhere || !taskApi) {
   console.error("usage: node browser.mjs FRONTEND_URL ELSEWHERE_URL TASK_API_URL");
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  // The flags that keep Chromium from calling home on a machine without internet.
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await chromium.launch(chromiumOptions);
 try {
   const context = await browser.newContext();
   const authorizationHeaders = [];

@@ -13,6 +13,8 @@ import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
+import { chromiumOptions } from "../chromium.mjs";
+
 const [baseUrl, token, screenshots] = process.argv.slice(2);
 if (!baseUrl || !token || !screenshots) {
   console.error("usage: node swagger-ui.mjs BASE_URL TOKEN SCREENSHOT_DIR");
@@ -20,19 +22,7 @@ if (!baseUrl || !token || !screenshots) {
 }
 const origin = new URL(baseUrl).origin;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  // The flags that keep Chromium from calling home on a machine without internet.
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await chromium.launch(chromiumOptions);
 const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
 const elsewhere = [];
 page.on("request", (request) => {
