@@ -1203,6 +1203,9 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], frontend);
+    // Cookie requests (`credentials: "include"`) need both; never `*` with credentials.
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+    assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
     let exposed =
         response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_lowercase();
     for name in ["x-total-count", "link", "location", "etag"] {
