@@ -73,6 +73,9 @@ pub struct Config {
     /// `AUTH_COOKIES=on`: Better Auth's `session_data` cookie is read too (same-origin
     /// deployments).
     pub auth_cookies: bool,
+    /// `SHUTDOWN_DRAIN_SECS`: how long requests are still served, not ready, after a shutdown
+    /// signal.
+    pub shutdown_drain: std::time::Duration,
 }
 
 /// Where `GET /metrics` is served.
@@ -234,6 +237,8 @@ impl Config {
             })
         };
         let per_second = number("RATE_LIMIT_PER_SECOND", defaults.per_second);
+        let shutdown_drain =
+            std::time::Duration::from_secs(number("SHUTDOWN_DRAIN_SECS", 5).into());
         let burst = number("RATE_LIMIT_BURST", per_second.saturating_mul(2));
         let limits = ConnectionLimits::default();
         let per_address =
@@ -329,6 +334,7 @@ impl Config {
             retention,
             max_tasks_per_user,
             auth_cookies,
+            shutdown_drain,
         })
     }
 

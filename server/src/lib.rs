@@ -14,6 +14,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upkeep;
@@ -30,6 +31,7 @@ use crate::{
     config::Config,
     connections::{ConnectionLimits, LimitedAcceptor},
     rate_limit::RateLimits,
+    shutdown::Draining,
     store::{ConnectOptions, TaskStore},
 };
 
@@ -42,6 +44,8 @@ pub struct AppState {
     pub rate_limits: Option<Arc<RateLimits>>,
     /// `None` unless `AUTH_COOKIES=on`.
     pub cookie_auth: Option<Arc<CookieAuth>>,
+    /// Set once a shutdown has begun: readiness turns 503.
+    pub draining: Draining,
 }
 
 impl AppState {
@@ -59,7 +63,7 @@ impl AppState {
         upkeep::spawn(store.clone(), config.retention);
         let rate_limits = RateLimits::start(&config.rate_limits)?;
         let cookie_auth = config.cookie_auth().map(Arc::new);
-        Ok(Self { store, verifier, rate_limits, cookie_auth })
+        Ok(Self { store, verifier, rate_limits, cookie_auth, draining: Draining::default() })
     }
 }
 

@@ -75,8 +75,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(server::serve(metrics_listener, metrics, std::future::pending()));
     }
     tracing::info!(%address, "listening; API docs at http://{address}/docs");
+    let shutdown = state.draining.clone().after(shutdown_signal(), config.shutdown_drain);
     let app = server::app(state, &AppOptions::from_config(&config));
-    server::serve_with(listener, app, shutdown_signal(), config.connections).await?;
+    server::serve_with(listener, app, shutdown, config.connections).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -104,7 +105,6 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 fn print_token(config: &Config, args: &[String]) -> anyhow::Result<()> {

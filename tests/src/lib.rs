@@ -128,6 +128,9 @@ pub struct Options {
     pub previous_secrets: Vec<Vec<u8>>,
     /// `AUTH_COOKIES=on`, with `cors_origins` as the origins cookie writes may come from.
     pub auth_cookies: bool,
+    /// `SHUTDOWN_DRAIN_SECS`: served, not ready, this long after [`TestServer::begin_shutdown`]
+    /// (none by default).
+    pub shutdown_drain: std::time::Duration,
     /// How the store connects: production's defaults unless a test says otherwise (retention,
     /// the task cap); [`TestServer::start_with`] sets what the backend decides.
     pub connect: ConnectOptions,
@@ -172,16 +175,21 @@ impl TestServer {
         let cookie_auth = options
             .auth_cookies
             .then(|| Arc::new(CookieAuth { allowed_origins: options.cors_origins.clone() }));
-        let state = AppState { store, verifier, rate_limits, cookie_auth };
+        let draining = server::shutdown::Draining::default();
+        let state =
+            AppState { store, verifier, rate_limits, cookie_auth, draining: draining.clone() };
         let app = server::app(state, &app_options)
             .around(move |next, req| check_response(next, req, seen.clone(), expected.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let address = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
         let limits = options.connections;
-        let stopped = async {
-            let _ = stop.await;
-        };
+        let stopped = draining.after(
+            async {
+                let _ = stop.await;
+            },
+            options.shutdown_drain,
+        );
         tokio::spawn(server::serve_with(listener, app, stopped, limits));
         // The socket is bound and listening already, so the server is ready as soon as it is
         // spawned: connections made now wait in the backlog.
@@ -193,6 +201,14 @@ impl TestServer {
             undeclared_expected,
             log_lines_at_start: logs::leaks().1,
             _database: None,
+        }
+    }
+
+    /// Sends the shutdown signal, as SIGTERM does to the binary: not ready at once, served for
+    /// the drain period, then closed.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
         }
     }
 

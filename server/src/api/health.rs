@@ -2,8 +2,8 @@
 //! - `GET /health`: a bounded database round trip; in JWKS mode also whether Better Auth's key
 //!   set has loaded (the existing frontend's check; a missing key set is only `degraded`);
 //! - `GET /health/live`: the process serves (no database call): restart it if not;
-//! - `GET /health/ready`: the database answers and, in JWKS mode, a key set has loaded: send it
-//!   traffic only then.
+//! - `GET /health/ready`: the database answers, in JWKS mode a key set has loaded, and no
+//!   shutdown has begun: send it traffic only then.
 //!
 //! The database's answer is kept for a second and shared by every probe in that second (one
 //! refresh at a time, the others wait for it): a flood of probes costs one query a second, not
@@ -37,13 +37,15 @@ pub struct Health {
 }
 
 /// `healthy`: everything answers; `degraded`: the database answers but Better Auth's key set
-/// has not loaded; `unhealthy`: the database does not answer (then the status code is 503).
+/// has not loaded; `unhealthy`: the database does not answer (then the status code is 503);
+/// `draining`: shutting down, still serving for `SHUTDOWN_DRAIN_SECS` (then readiness is 503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum HealthStatus {
     Healthy,
     Degraded,
     Unhealthy,
+    Draining,
 }
 
 /// Whether `SELECT 1` succeeded within a second.
@@ -103,8 +105,8 @@ pub enum ReadyResponse {
     /// Ready for traffic: the database answers and, in JWKS mode, a key set has loaded.
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// Not ready: the database does not answer within a second, or (in JWKS mode) no key set
-    /// has loaded yet.
+    /// Not ready: the database does not answer within a second, (in JWKS mode) no key set has
+    /// loaded yet, or the instance is shutting down (`draining`).
     #[oai(status = 503)]
     NotReady(
         Json<Health>,
@@ -168,7 +170,9 @@ impl HealthApi {
     /// Check readiness
     ///
     /// No authentication. 200 when a `SELECT 1` succeeds within a second and, in JWKS mode,
-    /// Better Auth's key set has loaded; else 503 with the same body as `/health`.
+    /// Better Auth's key set has loaded; else 503 with the same body as `/health`. From a
+    /// shutdown signal on, 503 with `draining` while requests are still served for
+    /// `SHUTDOWN_DRAIN_SECS`, so that load balancers stop sending new ones first.
     #[oai(path = "/health/ready", method = "get", operation_id = "ready", tag = "ApiTags::Health")]
     async fn ready(&self, state: Data<&AppState>) -> ReadyResponse {
         let health = self.check(&state).await;
@@ -204,7 +208,11 @@ impl HealthApi {
             false => JwksStatus::Unavailable,
         });
         let database = self.database.status(state).await;
-        health(database, jwks)
+        let mut health = health(database, jwks);
+        if state.draining.is_draining() && health.status != HealthStatus::Unhealthy {
+            health.status = HealthStatus::Draining;
+        }
+        health
     }
 }
 

@@ -723,6 +723,12 @@ where
 {
     /// ` AND ` the title or the description contains `search`, in any letter case.
     fn push_search(sql: &mut QueryBuilder<Self>, search: &str);
+    /// How a listing (`counting`: its filtered count) names the owner column, which steers the
+    /// planner: `user_id` walks the owner's index; SQLite's `+user_id` (the same column, no
+    /// index) looks the rows a tag or search index found up by id instead.
+    fn owner_column(_filter: &Filter, _counting: bool) -> &'static str {
+        "user_id"
+    }
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str);
     fn bind_int(sql: &mut QueryBuilder<Self>, value: i64);
     fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>);
@@ -742,7 +748,8 @@ where
         // A whole list's total is its length.
         sql.push("CAST(0 AS BIGINT)");
     }
-    sql.push(" AS total FROM tasks WHERE user_id = ");
+    sql.push(" AS total FROM tasks WHERE ").push(DB::owner_column(&query.filter, false));
+    sql.push(" = ");
     DB::bind_text(&mut sql, owner);
     push_filter(&mut sql, owner, &query.filter);
     if let Some(after) = &query.after {
@@ -811,7 +818,8 @@ where
         DB::bind_text(sql, owner);
         sql.push("), 0)");
     } else {
-        sql.push("(SELECT count(*) FROM tasks WHERE user_id = ");
+        sql.push("(SELECT count(*) FROM tasks WHERE ").push(DB::owner_column(filter, true));
+        sql.push(" = ");
         DB::bind_text(sql, owner);
         push_filter(sql, owner, filter);
         sql.push(")");

@@ -30,12 +30,18 @@ use super::{
     task_columns, wait_until_reachable, written,
 };
 
+/// Whether a search goes through the FTS5 trigram index: three characters or more (a shorter
+/// one has no trigram).
+fn uses_search_index(search: &str) -> bool {
+    search.chars().count() >= 3
+}
+
 impl Dialect for Sqlite {
     /// Three characters or more: the FTS5 trigram index (a phrase of trigrams is a substring,
     /// in any letter case); shorter ones have no trigram, and are matched with `LIKE` (which
     /// ignores the case of ASCII letters only) on the user's rows.
     fn push_search(sql: &mut QueryBuilder<Self>, search: &str) {
-        if search.chars().count() < 3 {
+        if !uses_search_index(search) {
             push_like_search(sql, "LIKE", search);
             return;
         }
@@ -43,6 +49,19 @@ impl Dialect for Sqlite {
         let phrase = format!("\"{}\"", search.replace('"', "\"\""));
         sql.push(" AND id IN (SELECT rowid FROM task_search WHERE task_search MATCH ");
         sql.push_bind(phrase).push(")");
+    }
+
+    /// Without statistics SQLite's planner walks the owner's whole index and probes each row
+    /// against a tag's or a search's matches: 10,000 probes for a 10,000-task user, however few
+    /// match. Counting, and a page that a search narrows (its matches are usually few), are
+    /// cheaper the other way round: the matches, each looked up by id (measured on 10,000
+    /// tasks: the count of a tag on 17 % of them 5.2 → 2.3 ms, of a 1 % search 5.5 → 2.2 ms;
+    /// that search's page 4.1 → 2.8 ms). A tag's page keeps the owner's index in the listing's
+    /// order, which stops at the page's end (1.0 ms, against 6.2 ms for looking up and sorting
+    /// all of the tag's tasks).
+    fn owner_column(filter: &Filter, counting: bool) -> &'static str {
+        let searched = filter.search.as_deref().is_some_and(uses_search_index);
+        if searched || (counting && !filter.tags.is_empty()) { "+user_id" } else { "user_id" }
     }
 
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str) {
