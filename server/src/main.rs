@@ -1,7 +1,11 @@
 //! The `server` binary: `server` (or `server serve`) runs the service; `server token --sub ID
 //! [--ttl 1h]` prints a development token signed with the configured secret.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::ExitCode,
+    time::Duration,
+};
 
 use server::{
     AppOptions, AppState,
@@ -14,7 +18,7 @@ use server::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h]";
+const USAGE: &str = "usage: server [serve] | server token --sub USER_ID [--ttl 1h] | server health";
 
 fn main() -> ExitCode {
     // A missing .env is normal; the real environment wins over it.
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None | Some("serve") => run(config),
         Some("token") => print_token(&config, &args[1..]),
+        Some("health") => check_health(&config),
         Some(_) => Err(anyhow::anyhow!(USAGE)),
     };
     match result {
@@ -79,6 +84,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let app = server::app(state, &AppOptions::from_config(&config));
     server::serve_with(listener, app, shutdown, config.connections).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `server health`: the container image's `HEALTHCHECK` (its runtime has no curl): this
+/// instance's own `GET /health/live`, which must answer 200 within 2 s.
+fn check_health(config: &Config) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let host = match config.host {
+        IpAddr::V4(host) if host.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(host) if host.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        host => host,
+    };
+    let timeout = Duration::from_secs(2);
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&SocketAddr::new(host, config.port), timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut status_line = [0; 12];
+    stream.read_exact(&mut status_line)?;
+    anyhow::ensure!(status_line == *b"HTTP/1.1 200", "/health/live did not answer 200");
     Ok(())
 }
 

@@ -9,8 +9,11 @@
 //!   the figures go to `docs/benchmarks.md` (needs `wrk`).
 //! - `contract`: the spec checked by outside consumers: Redocly, a TypeScript frontend,
 //!   schemathesis, and Swagger UI in headless Chromium (needs Node, Python and Chromium).
+//! - `image [--check]`: the root `Dockerfile` built with podman into `localhost/task-api`
+//!   (base images made from Debian's packages: no registry needed), and with `--check` run as
+//!   production runs it (needs podman and mmdebstrap).
 //!
-//! The last three run `tests/src/bin/evidence`: this crate depends only on `server`, so that
+//! All but the first two run `tests/src/bin/evidence`: this crate depends only on `server`, so that
 //! regenerating a broken `openapi.json` never needs the client generated from it.
 
 mod dev;
@@ -20,7 +23,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage: cargo xtask openapi [--check] | dev | resilience | contract | \
                      bench [--quick] [--pooler] | \
-                     soak [--minutes N] [--users N] [--database postgres|sqlite]";
+                     soak [--minutes N] [--users N] [--database postgres|sqlite] | \
+                     image [--check]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +33,9 @@ fn main() -> ExitCode {
         ["openapi"] => openapi::write(),
         ["openapi", "--check"] => openapi::check(),
         ["dev"] => dev::run(),
-        ["resilience"] | ["contract"] | ["soak", ..] | ["bench", ..] => evidence(&args),
+        ["resilience"] | ["contract"] | ["soak", ..] | ["bench", ..] | ["image", ..] => {
+            evidence(&args)
+        }
         _ => Err(anyhow::anyhow!(USAGE)),
     };
     match result {

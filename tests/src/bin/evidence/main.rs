@@ -8,16 +8,18 @@
 //!   requests, errors and the server's memory.
 //! - `contract`: `openapi.json` checked by outside consumers (Redocly, TypeScript,
 //!   schemathesis, Swagger UI in Chromium) against the server on PostgreSQL.
+//! - `image [--check]`: the container image, built with podman (and run as production runs it).
 
 mod bench;
 mod contract;
+mod image;
 mod resilience;
 mod server_process;
 mod soak;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: evidence resilience | evidence contract | evidence bench [--quick] [--pooler] | evidence soak [--minutes N] [--users N] [--database postgres|sqlite]";
+const USAGE: &str = "usage: evidence resilience | evidence contract | evidence bench [--quick] [--pooler] | evidence soak [--minutes N] [--users N] [--database postgres|sqlite] | evidence image [--check]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +30,8 @@ fn main() -> ExitCode {
         match args.as_slice() {
             ["resilience"] => runtime.block_on(resilience::run()),
             ["contract"] => runtime.block_on(contract::run()),
+            ["image"] => runtime.block_on(image::run(false)),
+            ["image", "--check"] => runtime.block_on(image::run(true)),
             ["bench", options @ ..] => bench::Options::parse(options)
                 .and_then(|options| runtime.block_on(bench::run(options))),
             ["soak", options @ ..] => soak::Options::parse(options)
