@@ -14,6 +14,7 @@ mod bench;
 mod contract;
 mod image;
 mod resilience;
+mod rolling;
 mod server_process;
 mod soak;
 

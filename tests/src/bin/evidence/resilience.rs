@@ -11,6 +11,8 @@
 //!    `Idempotency-Key` and retry every request whose answer they did not get, while the server
 //!    is killed with SIGKILL and restarted twice mid-burst; afterwards every create key made
 //!    exactly one task and every toggle key flipped its task exactly once.
+//! 5. A rolling restart behind HAProxy (`rolling.rs`): three processes on one PostgreSQL,
+//!    restarted in turn under load, lose no request.
 //!
 //! The servers log at debug level, and the logs are scanned for secrets afterwards.
 
@@ -37,6 +39,7 @@ pub async fn run() -> anyhow::Result<()> {
     crash_durability("sqlite", &binary, &sqlite, scratch.path(), &mut logs).await?;
     scale_out(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
     graceful_shutdown(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
+    crate::rolling::run(&binary, &fresh_database().await, scratch.path(), &mut logs).await?;
     let postgres = fresh_database().await;
     exactly_once("postgres", &binary, &postgres, scratch.path(), &mut logs).await?;
     let sqlite = format!("sqlite://{}", scratch.path().join("once.db").display());

@@ -77,6 +77,8 @@ impl ServerProcess {
             .env("PORT", port.to_string())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "debug,hyper=info,h2=info")
+            // No drain unless a run wants one (`rolling.rs`): SIGTERM closes at once.
+            .env("SHUTDOWN_DRAIN_SECS", "0")
             .envs(env.iter().copied())
             // Never pick up a developer's .env.
             .current_dir(log.parent().unwrap_or(Path::new("/")))
