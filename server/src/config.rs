@@ -70,6 +70,8 @@ pub struct Config {
     pub retention: Retention,
     /// `MAX_TASKS_PER_USER`.
     pub max_tasks_per_user: i64,
+    /// `DATABASE_MAX_CONNECTIONS`: the pool's size, per instance.
+    pub database_max_connections: u32,
     /// `AUTH_COOKIES=on`: Better Auth's `session_data` cookie is read too (same-origin
     /// deployments).
     pub auth_cookies: bool,
@@ -269,6 +271,10 @@ impl Config {
             )),
         };
         let max_tasks_per_user = positive("MAX_TASKS_PER_USER", 10_000) as i64;
+        let default_pool = crate::store::ConnectOptions::default().max_connections;
+        let database_max_connections =
+            u32::try_from(positive("DATABASE_MAX_CONNECTIONS", default_pool.into()))
+                .unwrap_or(default_pool);
         let retention = Retention::default();
         let retention = Retention {
             tombstones: std::time::Duration::from_secs(positive(
@@ -335,6 +341,7 @@ impl Config {
             max_tasks_per_user,
             auth_cookies,
             shutdown_drain,
+            database_max_connections,
         })
     }
 
@@ -487,6 +494,21 @@ mod tests {
         let no_origin = config(&[secret, ("AUTH_COOKIES", "on")]).unwrap_err();
         assert!(no_origin.to_string().contains("CORS_ORIGINS"), "{no_origin}");
         assert!(config(&[secret, ("AUTH_COOKIES", "yes")]).is_err());
+    }
+
+    #[test]
+    fn the_pool_size_and_the_drain_are_settings() {
+        let secret = ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef");
+        let defaults = config(&[secret]).unwrap();
+        assert_eq!(defaults.database_max_connections, 10);
+        assert_eq!(defaults.shutdown_drain, std::time::Duration::from_secs(5));
+        let set =
+            config(&[secret, ("DATABASE_MAX_CONNECTIONS", "25"), ("SHUTDOWN_DRAIN_SECS", "0")])
+                .unwrap();
+        assert_eq!((set.database_max_connections, set.shutdown_drain.as_secs()), (25, 0));
+        for bad in [("DATABASE_MAX_CONNECTIONS", "0"), ("SHUTDOWN_DRAIN_SECS", "soon")] {
+            assert!(config(&[secret, bad]).unwrap_err().to_string().contains(bad.0), "{bad:?}");
+        }
     }
 
     #[test]

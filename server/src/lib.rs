@@ -57,6 +57,7 @@ impl AppState {
             statement_cache_capacity: config.statement_cache_capacity,
             retention: config.retention,
             max_tasks_per_user: config.max_tasks_per_user,
+            max_connections: config.database_max_connections,
             ..ConnectOptions::default()
         };
         let store = store::connect(config.database_url.expose(), &options).await?;

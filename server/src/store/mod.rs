@@ -496,6 +496,8 @@ pub struct ConnectOptions {
     pub call_timeout: Duration,
     /// How long start-up keeps retrying an unreachable database (Neon waking from zero).
     pub startup_deadline: Duration,
+    /// The pool's size (`DATABASE_MAX_CONNECTIONS`): the most transactions one instance has in
+    /// flight, however many requests wait.
     pub max_connections: u32,
     /// Prepared statements cached per PostgreSQL connection; 0 for poolers without support.
     pub statement_cache_capacity: usize,
