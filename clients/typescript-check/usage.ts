@@ -16,7 +16,10 @@ type Equals<A, B> =
   (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const descriptionIsStringOrNull: Equals<Task["description"], string | null> = true;
 const problemTypeIsAboutBlank: Equals<Problem["type"], "about:blank"> = true;
-const healthStatuses: Equals<Health["status"], "healthy" | "degraded" | "unhealthy"> = true;
+const healthStatuses: Equals<
+  Health["status"],
+  "healthy" | "degraded" | "unhealthy" | "draining"
+> = true;
 const changeOps: Equals<Change["op"], "upsert" | "delete"> = true;
 const priorities: Equals<Task["priority"], "low" | "medium" | "high" | "urgent"> = true;
 const tagsAreStrings: Equals<Task["tags"], string[]> = true;
