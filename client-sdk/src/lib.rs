@@ -15,18 +15,37 @@
 #![allow(clippy::all, unused_imports, dead_code)]
 include!(concat!(env!("OUT_DIR"), "/codegen.rs"));
 
+pub mod live;
+
 /// A client for the API at `base_url` that sends `Authorization: Bearer <token>` on every
 /// request (progenitor ignores security schemes, so the header is set on the HTTP client).
 pub fn authenticated(base_url: &str, token: &str) -> Result<Client, BuildError> {
-    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| BuildError("the token is not a valid header value"))?;
-    bearer.set_sensitive(true);
-    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
     let http = http_client_builder()
-        .default_headers(headers)
+        .default_headers(bearer(token)?)
         .build()
         .map_err(|_| BuildError("could not build the HTTP client"))?;
     Ok(Client::new_with_client(base_url, http))
+}
+
+/// [`authenticated`], for following the live event stream: no deadline on the whole response
+/// (a stream lasts as long as its token), only on a connection silent for longer than the
+/// server's 15 s keep-alive allows.
+pub fn streaming(base_url: &str, token: &str) -> Result<Client, BuildError> {
+    let http = client_builder_with_crypto_provider()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(45))
+        .default_headers(bearer(token)?)
+        .build()
+        .map_err(|_| BuildError("could not build the HTTP client"))?;
+    Ok(Client::new_with_client(base_url, http))
+}
+
+/// `Authorization: Bearer <token>`, marked sensitive (kept out of debug output).
+fn bearer(token: &str) -> Result<reqwest::header::HeaderMap, BuildError> {
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| BuildError("the token is not a valid header value"))?;
+    bearer.set_sensitive(true);
+    Ok(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]))
 }
 
 /// A client without credentials (for `/health`, or to see a 401).

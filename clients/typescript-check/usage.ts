@@ -2,6 +2,7 @@
 // openapi.json by openapi-typescript and calls made through openapi-fetch. It is type-checked
 // (tsc --strict), never run: if the document lies about a shape, this stops compiling.
 
+import { fetchEventSource } from "@microsoft/fetch-event-source";
 import createClient from "openapi-fetch";
 
 import type { components, paths } from "./generated/api";
@@ -164,6 +165,18 @@ export async function everyOperation(baseUrl: string, token: string, userId: str
 
   await syncOnce(api, new Map());
 
+  // The live stream through openapi-fetch too (a frontend follows it with `followChanges`
+  // below): the body is a stream of events, not JSON.
+  const live = await api.GET("/api/tasks/events", {
+    params: { header: { "Last-Event-ID": "djEuMA" }, query: {} },
+    parseAs: "stream",
+  });
+  if (live.response.status === 429) {
+    console.log("too many open streams");
+  }
+  await live.response.body?.cancel();
+  await api.GET("/api/{user_id}/tasks/events", { params: { path: { user_id: userId } }, parseAs: "stream" });
+
   // The same operations under the original frontend's paths.
   const path = { user_id: userId };
   const mine = await api.GET("/api/{user_id}/tasks", { params: { path, query: { status: "all" } } });
@@ -212,6 +225,55 @@ export async function syncOnce(api: Api, local: Map<number, Task>, since?: strin
     cursor = data.cursor;
     if (!data.more) {
       return cursor;
+    }
+  }
+}
+
+/** The live list of docs/contract.md: every change as it happens, through
+ * `@microsoft/fetch-event-source` (the browser's EventSource cannot send a token). It starts
+ * from a sync's cursor, so nothing falls between the first load and the stream. The stream ends
+ * when the token expires: the loop reconnects with a fresh token and the last event's id, and
+ * the server sends what was missed first. On `resync` (offline for longer than deletions are
+ * kept) it syncs again from scratch, then follows from there. */
+export async function followChanges(
+  baseUrl: string,
+  freshToken: () => Promise<string>,
+  local: Map<number, Task>,
+  fullSync: () => Promise<string>, // e.g. () => syncOnce(api, local): returns its cursor
+  signal: AbortSignal,
+): Promise<void> {
+  let cursor = await fullSync();
+  while (!signal.aborted) {
+    let tooOld = false;
+    await fetchEventSource(`${baseUrl}/api/tasks/events`, {
+      headers: { Authorization: `Bearer ${await freshToken()}`, "Last-Event-ID": cursor },
+      signal,
+      openWhenHidden: true,
+      async onopen(response) {
+        if (!response.ok) {
+          throw new Error(`the event stream answered ${response.status}`); // 401, 429: stop
+        }
+      },
+      onmessage(message) {
+        if (message.event === "resync") {
+          tooOld = true;
+          return;
+        }
+        const change: Change = JSON.parse(message.data);
+        if (change.op === "upsert") {
+          local.set(change.task.id, change.task);
+        } else {
+          local.delete(change.id);
+        }
+        cursor = message.id;
+      },
+      onerror(error) {
+        throw error; // no blind retries with a token that may have expired
+      },
+    });
+    if (tooOld) {
+      local.clear();
+      cursor = await fullSync();
     }
   }
 }

@@ -78,6 +78,11 @@ pub struct Config {
     /// `SHUTDOWN_DRAIN_SECS`: how long requests are still served, not ready, after a shutdown
     /// signal.
     pub shutdown_drain: std::time::Duration,
+    /// `DATABASE_LISTEN_URL`: a direct PostgreSQL connection for `LISTEN` when `DATABASE_URL`
+    /// is a transaction-mode pooler (may carry a password).
+    pub database_listen_url: Option<Secret<String>>,
+    /// `EVENT_STREAMS_PER_USER`: live event streams one user may hold open on one instance.
+    pub event_streams_per_user: usize,
 }
 
 /// Where `GET /metrics` is served.
@@ -269,12 +274,17 @@ impl Config {
                 "IDLE_TIMEOUT_SECS",
                 limits.idle_timeout.as_secs(),
             )),
+            write_timeout: std::time::Duration::from_secs(positive(
+                "WRITE_TIMEOUT_SECS",
+                limits.write_timeout.as_secs(),
+            )),
         };
         let max_tasks_per_user = positive("MAX_TASKS_PER_USER", 10_000) as i64;
         let default_pool = crate::store::ConnectOptions::default().max_connections;
         let database_max_connections =
             u32::try_from(positive("DATABASE_MAX_CONNECTIONS", default_pool.into()))
                 .unwrap_or(default_pool);
+        let event_streams_per_user = positive("EVENT_STREAMS_PER_USER", 8) as usize;
         let retention = Retention::default();
         let retention = Retention {
             tombstones: std::time::Duration::from_secs(positive(
@@ -286,6 +296,13 @@ impl Config {
                 retention.idempotency_keys.as_secs(),
             )),
         };
+        let database_listen_url = get("DATABASE_LISTEN_URL");
+        if database_listen_url
+            .as_deref()
+            .is_some_and(|url| !["postgres://", "postgresql://"].iter().any(|s| url.starts_with(s)))
+        {
+            problems.push("DATABASE_LISTEN_URL must be a postgres:// URL".to_owned());
+        }
         let auth_cookies = match get("AUTH_COOKIES").as_deref() {
             None | Some("off") => false,
             Some("on") => true,
@@ -342,7 +359,18 @@ impl Config {
             auth_cookies,
             shutdown_drain,
             database_max_connections,
+            database_listen_url: database_listen_url.map(Secret::new),
+            event_streams_per_user,
         })
+    }
+
+    /// How live event streams learn of other instances' writes (see [`Source::for_database`]).
+    pub fn event_source(&self) -> crate::events::Source {
+        crate::events::Source::for_database(
+            self.database_url.expose(),
+            self.database_listen_url.as_ref().map(|url| url.expose().as_str()),
+            self.statement_cache_capacity,
+        )
     }
 
     /// The key sources to verify tokens with. HS256 tokens are held to `JWT_ISSUER` /

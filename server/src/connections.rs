@@ -12,6 +12,10 @@
 //!   clock: an interim `100 Continue` does not;
 //! - HTTP/2 cleartext is not served: a connection that opens with the HTTP/2 preface is closed
 //!   before anything is written to it (see the README for why);
+//! - a connection whose client stops reading a response is closed once the response has made
+//!   no progress for `write_timeout` (the kernel's and hyper's buffers full): a slow or stalled
+//!   reader holds no memory and no place for long, whether it reads a long list or a live
+//!   event stream;
 //! - a connection idle for `idle_timeout` between requests is closed (poem's).
 
 use std::{
@@ -45,7 +49,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 const INTERIM_RESPONSE: &[u8] = b"HTTP/1.1 1";
 
 /// `MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_ADDRESS`, `REQUEST_READ_TIMEOUT_SECS`,
-/// `IDLE_TIMEOUT_SECS`.
+/// `IDLE_TIMEOUT_SECS`, `WRITE_TIMEOUT_SECS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
@@ -53,6 +57,8 @@ pub struct ConnectionLimits {
     pub max_connections_per_address: usize,
     pub request_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a response may make no progress because the client does not read it.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -62,6 +68,7 @@ impl Default for ConnectionLimits {
             max_connections_per_address: 256,
             request_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +97,7 @@ pub struct LimitedAcceptor {
     permits: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
     request_read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 /// Open connections by peer address.
@@ -143,6 +151,7 @@ impl LimitedAcceptor {
                 open: Mutex::default(),
             }),
             request_read_timeout: limits.request_read_timeout,
+            write_timeout: limits.write_timeout,
         }
     }
 }
@@ -177,6 +186,8 @@ impl Acceptor for LimitedAcceptor {
                 _permit: permit,
                 _place: place,
                 limit,
+                write_timeout: self.write_timeout,
+                stalled: None,
                 // The first request's clock starts now: a socket that says nothing is closed.
                 deadline: Some(Box::pin(tokio::time::sleep(limit))),
                 sniffed: 0,
@@ -194,12 +205,40 @@ pub struct Guarded {
     _place: AddressPlace,
     limit: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
+    write_timeout: Duration,
+    /// Since when a write has been waiting for the client to read: the connection is cut
+    /// `write_timeout` after.
+    stalled: Option<Pin<Box<Sleep>>>,
     /// How many bytes of the connection's start have been compared with the HTTP/2 preface
     /// (all of it, once that is decided).
     sniffed: usize,
 }
 
 impl Guarded {
+    /// Watches a write's outcome: pending (the client's buffers full) for `write_timeout` in a
+    /// row ends the connection; any progress restarts the clock.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let write_timeout = self.write_timeout;
+        let stalled =
+            self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(write_timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            crate::metrics::refused_connection("write_timeout");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            )));
+        }
+        poll
+    }
+
     /// Compares the connection's first bytes with the HTTP/2 preface, across reads.
     fn refuse_http2(&mut self, read: &[u8]) -> io::Result<()> {
         if self.sniffed >= HTTP2_PREFACE.len() {
@@ -267,7 +306,7 @@ impl AsyncWrite for Guarded {
             // The response has begun: the request is in.
             this.deadline = None;
         }
-        poll
+        this.watch_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -282,7 +321,7 @@ impl AsyncWrite for Guarded {
         if matches!(poll, Poll::Ready(Ok(written)) if written > 0) && !interim {
             this.deadline = None;
         }
-        poll
+        this.watch_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -290,7 +329,9 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch_write(cx, poll)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -313,6 +354,8 @@ mod tests {
             _place: per_address.enter(IpAddr::from([127, 0, 0, 1])).unwrap(),
             limit: Duration::from_secs(1),
             deadline: None,
+            write_timeout: Duration::from_secs(1),
+            stalled: None,
             sniffed: 0,
         };
         let mut h2 = guarded(stream);

@@ -115,6 +115,8 @@ impl ApiError {
     /// A request whose `Origin` is not among the allowed ones (refused by CORS).
     pub const FOREIGN_ORIGIN: ApiError =
         ApiError::Forbidden("the request's Origin is not an allowed origin");
+    /// `EVENT_STREAMS_PER_USER`: the caller holds as many live streams here as allowed.
+    pub const TOO_MANY_STREAMS: ApiError = ApiError::TooManyRequests { retry_after_secs: 5 };
     /// A change-log cursor that can no longer be served.
     pub const CURSOR_GONE: ApiError = ApiError::Gone(
         "this cursor is older than the deletions kept (or not of this database): start over \

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -30,6 +31,7 @@ use crate::{
     auth::{CookieAuth, Verifier},
     config::Config,
     connections::{ConnectionLimits, LimitedAcceptor},
+    events::Hub,
     rate_limit::RateLimits,
     shutdown::Draining,
     store::{ConnectOptions, TaskStore},
@@ -46,6 +48,8 @@ pub struct AppState {
     pub cookie_auth: Option<Arc<CookieAuth>>,
     /// Set once a shutdown has begun: readiness turns 503.
     pub draining: Draining,
+    /// Who follows live changes here, and what wakes them.
+    pub events: Arc<Hub>,
 }
 
 impl AppState {
@@ -62,9 +66,12 @@ impl AppState {
         };
         let store = store::connect(config.database_url.expose(), &options).await?;
         upkeep::spawn(store.clone(), config.retention);
+        let events = Hub::new(config.event_streams_per_user);
+        events.spawn(store.clone(), config.event_source());
         let rate_limits = RateLimits::start(&config.rate_limits)?;
         let cookie_auth = config.cookie_auth().map(Arc::new);
-        Ok(Self { store, verifier, rate_limits, cookie_auth, draining: Draining::default() })
+        let draining = Draining::default();
+        Ok(Self { store, verifier, rate_limits, cookie_auth, draining, events })
     }
 }
 

@@ -9,7 +9,9 @@
 //! - `unavailable_responses_total` (503s) by `cause` (`database`, `key_set`);
 //! - `db_pool_connections` and `db_pool_idle_connections`, read at each scrape;
 //! - `jwks_fetches_total` by `outcome` (`ok`, `error`);
-//! - `refused_connections_total` by `reason` (`address_cap`, `http2`).
+//! - `refused_connections_total` by `reason` (`address_cap`, `http2`, `write_timeout`: a client that stopped reading);
+//! - `event_streams_open` (live event streams now) and `events_sent_total` by `event`
+//!   (`upsert`, `delete`, `resync`).
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -107,8 +109,19 @@ pub fn jwks_fetch(succeeded: bool) {
     ::metrics::counter!("jwks_fetches_total", "outcome" => outcome).increment(1);
 }
 
-/// A connection closed before it was served: `address_cap` (its address had
-/// `MAX_CONNECTIONS_PER_ADDRESS` open) or `http2` (it opened with the HTTP/2 preface).
+/// A connection closed by a limit: `address_cap` (its address had `MAX_CONNECTIONS_PER_ADDRESS`
+/// open), `http2` (it opened with the HTTP/2 preface) or `write_timeout` (its client stopped
+/// reading a response).
 pub fn refused_connection(reason: &'static str) {
     ::metrics::counter!("refused_connections_total", "reason" => reason).increment(1);
+}
+
+/// A live event stream opened (`1`) or ended (`-1`).
+pub fn event_streams(delta: f64) {
+    ::metrics::gauge!("event_streams_open").increment(delta);
+}
+
+/// An event written to a live stream.
+pub fn event_sent(event: &'static str) {
+    ::metrics::counter!("events_sent_total", "event" => event).increment(1);
 }

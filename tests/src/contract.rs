@@ -106,6 +106,9 @@ impl Contract {
         let validator = declared.content.get(&content_type).ok_or_else(|| {
             format!("{id} {status}: Content-Type {content_type} is not a declared one")
         })?;
+        if content_type == "text/event-stream" {
+            return check_events(validator, body).map(|()| true).map_err(|e| format!("{id}: {e}"));
+        }
         let body: Value = serde_json::from_slice(body)
             .map_err(|err| format!("{id} {status}: the body is not JSON: {err}"))?;
         let errors: Vec<String> = validator
@@ -138,6 +141,34 @@ impl Contract {
         let route = matching.iter().map(|op| literals(op)).max()?;
         matching.into_iter().find(|op| literals(op) == route && op.method == method)
     }
+}
+
+/// Events of a `text/event-stream` (whole ones; comments pass): `upsert` and `delete` carry an
+/// `id` and one item of the declared array as `data`; `resync` carries `{}`; nothing else.
+fn check_events(validator: &Validator, text: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(text).map_err(|_| "an event that is not UTF-8".to_owned())?;
+    for block in text.split("\n\n").filter(|block| !block.trim().is_empty()) {
+        let field =
+            |name: &str| block.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(": "));
+        if block.lines().all(|line| line.starts_with(':')) {
+            continue;
+        }
+        let data = field("data").ok_or_else(|| format!("an event without data: {block:?}"))?;
+        let data: Value = serde_json::from_str(data)
+            .map_err(|err| format!("an event whose data is not JSON ({err}): {block:?}"))?;
+        match field("event") {
+            Some("resync") if data == json!({}) => {}
+            Some("upsert" | "delete") if field("id").is_some() => {
+                let errors: Vec<String> =
+                    validator.iter_errors(&json!([data])).map(|e| e.to_string()).collect();
+                if !errors.is_empty() {
+                    return Err(format!("an event breaks the schema: {errors:?}: {block:?}"));
+                }
+            }
+            _ => return Err(format!("an event of no declared kind, or without id: {block:?}")),
+        }
+    }
+    Ok(())
 }
 
 fn compile_response(response: &Value, schemas: &Value) -> Result<Response, String> {

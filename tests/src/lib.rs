@@ -9,6 +9,7 @@ pub mod logs;
 pub mod pgbouncer;
 pub mod postgres;
 
+use futures::StreamExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use serde_json::{Value, json};
@@ -131,6 +132,11 @@ pub struct Options {
     /// `SHUTDOWN_DRAIN_SECS`: served, not ready, this long after [`TestServer::begin_shutdown`]
     /// (none by default).
     pub shutdown_drain: std::time::Duration,
+    /// How live streams learn of other instances' writes; by default as the service decides
+    /// for the database (PostgreSQL: `LISTEN` on it, or a poll behind a pooler).
+    pub event_source: Option<server::events::Source>,
+    /// `EVENT_STREAMS_PER_USER` (default 8).
+    pub event_streams_per_user: Option<usize>,
     /// How the store connects: production's defaults unless a test says otherwise (retention,
     /// the task cap); [`TestServer::start_with`] sets what the backend decides.
     pub connect: ConnectOptions,
@@ -176,8 +182,23 @@ impl TestServer {
             .auth_cookies
             .then(|| Arc::new(CookieAuth { allowed_origins: options.cors_origins.clone() }));
         let draining = server::shutdown::Draining::default();
-        let state =
-            AppState { store, verifier, rate_limits, cookie_auth, draining: draining.clone() };
+        let source = options.event_source.clone().unwrap_or_else(|| {
+            server::events::Source::for_database(
+                database_url,
+                None,
+                options.connect.statement_cache_capacity,
+            )
+        });
+        let events = server::events::Hub::new(options.event_streams_per_user.unwrap_or(8));
+        events.spawn(store.clone(), source);
+        let state = AppState {
+            store,
+            verifier,
+            rate_limits,
+            cookie_auth,
+            draining: draining.clone(),
+            events,
+        };
         let app = server::app(state, &app_options)
             .around(move |next, req| check_response(next, req, seen.clone(), expected.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -267,6 +288,9 @@ async fn check_response<E: Endpoint>(
 ) -> poem::Result<Response> {
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let mut response = next.call(req).await?.into_response();
+    if is_event_stream(&response) {
+        return Ok(check_event_stream(method, path, response, violations));
+    }
     let body = response.take_body().into_bytes().await.unwrap_or_default();
     let status = response.status().as_u16();
     match contract::Contract::get().check(&method, &path, status, response.headers(), &body) {
@@ -292,6 +316,45 @@ async fn check_response<E: Endpoint>(
     }
     response.set_body(body);
     Ok(response)
+}
+
+fn is_event_stream(response: &Response) -> bool {
+    response.content_type().is_some_and(|value| value.starts_with("text/event-stream"))
+}
+
+/// An event stream never ends by itself: its events are held to the document one by one as
+/// they pass, without holding the stream back.
+fn check_event_stream(
+    method: String,
+    path: String,
+    mut response: Response,
+    violations: Violations,
+) -> Response {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let contract = contract::Contract::get();
+    if let Err(violation) = contract.check(&method, &path, status, &headers, b"") {
+        violations.lock().unwrap().push(format!("{method} {path}: {violation}"));
+    }
+    let mut pending = Vec::new();
+    let body = response.take_body().into_bytes_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            pending.extend_from_slice(bytes);
+            while let Some(end) = pending.windows(2).position(|pair| pair == b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                if logs::is_secret_bearing(&text) {
+                    logs::record_leak(format!("event: {text}"));
+                }
+                if let Err(violation) = contract.check(&method, &path, status, &headers, &event) {
+                    violations.lock().unwrap().push(format!("{method} {path}: {violation}"));
+                }
+            }
+        }
+        chunk
+    });
+    response.set_body(poem::Body::from_bytes_stream(body));
+    response
 }
 
 /// reqwest with the base URL filled in.

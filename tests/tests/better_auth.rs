@@ -25,6 +25,7 @@ on_every_database!(
     session_cookies_sign_in_a_same_origin_frontend,
     the_plugins_key_signs_under_rfc_9864s_ed25519_name_and_only_its_own_algorithm,
     a_browser_on_the_frontends_origin_needs_no_token_and_other_sites_forge_nothing,
+    a_frontends_fetch_event_source_hears_another_clients_change,
 );
 
 const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
@@ -111,7 +112,8 @@ fn install_fixture() {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _once = INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let installed = |package| fixture_dir().join("node_modules").join(package).exists();
-    if ["better-auth", "jose", "playwright-core"].into_iter().all(installed) {
+    let packages = ["better-auth", "jose", "playwright-core", "@microsoft/fetch-event-source"];
+    if packages.into_iter().all(installed) {
         return;
     }
     let output = std::process::Command::new("npm")
@@ -124,6 +126,53 @@ fn install_fixture() {
         "npm ci in tests/better-auth failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A frontend's live list (`follow-events.mjs`: the pinned `@microsoft/fetch-event-source`, as
+/// Next.js apps use it) hears a change that another client makes through the API, as the
+/// contract's event, typed as `/changes` types it.
+async fn a_frontends_fetch_event_source_hears_another_clients_change(backend: Backend) {
+    if !better_auth_can_run() {
+        return;
+    }
+    let server = TestServer::start(backend).await;
+    let user = integration_tests::user("live");
+    let mut frontend = Command::new("node")
+        .arg("follow-events.mjs")
+        .arg(&server.base_url)
+        .arg(integration_tests::token(&user))
+        .arg("2")
+        .current_dir(fixture_dir())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let mut lines = BufReader::new(frontend.stdout.take().unwrap()).lines();
+    let mut next_line = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        let line = line.expect("the frontend said nothing").unwrap().expect("a line");
+        serde_json::from_str(&line).expect("a JSON line")
+    };
+    assert_eq!(next_line().await, json!({"open": 200}));
+
+    let other_device = server.client(&user);
+    let body = client_sdk::types::TaskCreate::builder().title("from the phone");
+    let task = other_device.create_task().body(body).send().await.unwrap().into_inner();
+    other_device.delete_task().id(task.id).send().await.unwrap();
+
+    let created = next_line().await;
+    assert_eq!(created["event"], "upsert");
+    assert_eq!(created["data"]["op"], "upsert");
+    assert_eq!(created["data"]["task"]["id"], task.id);
+    assert_eq!(created["data"]["task"]["title"], "from the phone");
+    let deleted = next_line().await;
+    assert_eq!(
+        (&deleted["event"], &deleted["data"]),
+        (&json!("delete"), &json!({"op": "delete", "id": task.id}))
+    );
+    assert_ne!(created["id"], deleted["id"], "each event has its own cursor");
+    let status = tokio::time::timeout(Duration::from_secs(5), frontend.wait()).await;
+    assert!(status.expect("the frontend did not stop").unwrap().success());
 }
 
 /// A Better Auth server with the JWT plugin; killed when dropped.

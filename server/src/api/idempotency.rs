@@ -26,6 +26,7 @@ use super::security::Caller;
 use crate::{
     AppState,
     error::{ApiError, FieldError},
+    events::Hub,
     store::{Claim, IdempotencyKey, Writes},
 };
 
@@ -55,6 +56,25 @@ pub enum Begun {
 pub struct Session {
     writes: Box<dyn Writes>,
     keyed: bool,
+    /// Woken once the writes commit: the owner's live streams on this instance.
+    wake: Woken,
+}
+
+/// Whose live streams a commit wakes (at once on this instance; the others hear of it from the
+/// database, see `crate::events`).
+struct Woken {
+    events: std::sync::Arc<Hub>,
+    owner: String,
+}
+
+impl Woken {
+    fn new(state: &AppState, caller: &Caller) -> Self {
+        Self { events: state.events.clone(), owner: caller.user_id.clone() }
+    }
+
+    fn wake(self) {
+        self.events.wake(&self.owner);
+    }
 }
 
 /// Looks at the request's `Idempotency-Key`, if it sent one: a replay, a 422 for a key used
@@ -69,11 +89,13 @@ pub async fn begin(
 ) -> Result<Begun, ApiError> {
     let Some(key) = key.map(parse_key).transpose()? else {
         let writes = state.store.writes(&caller.user_id).await?;
-        return Ok(Begun::Run(Session { writes, keyed: false }));
+        return Ok(Begun::Run(Session { writes, keyed: false, wake: Woken::new(state, caller) }));
     };
     let key = IdempotencyKey { key, fingerprint: fingerprint(operation, body) };
     match state.store.claim(&caller.user_id, &key).await? {
-        Claim::First(writes) => Ok(Begun::Run(Session { writes, keyed: true })),
+        Claim::First(writes) => {
+            Ok(Begun::Run(Session { writes, keyed: true, wake: Woken::new(state, caller) }))
+        }
         Claim::Replay(kept) => Ok(Begun::Replay(KeptResponse::decode(&kept)?)),
         Claim::Mismatch => Err(ApiError::Unprocessable(vec![FieldError::new(
             "Idempotency-Key",
@@ -99,6 +121,7 @@ impl Session {
         if !self.keyed {
             let response = outcome?;
             self.writes.commit(None).await?;
+            self.wake.wake();
             return Ok(Keyed::Fresh(response));
         }
         let response = match outcome {
@@ -108,6 +131,7 @@ impl Session {
         };
         let kept = KeptResponse::capture(response).await?;
         self.writes.commit(Some(&kept.encode())).await?;
+        self.wake.wake();
         Ok(Keyed::Kept { response: kept, replayed: false })
     }
 }

@@ -4,6 +4,7 @@
 mod changes;
 mod conditional;
 mod cursor;
+mod events;
 mod health;
 mod idempotency;
 mod payload;
@@ -115,6 +116,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "duplicate operationId");
-        assert_eq!(count, 17);
+        assert_eq!(count, 19);
     }
 }

@@ -25,6 +25,8 @@ use crate::{
 pub struct Caller {
     /// The token's subject: the owner of every task this request touches.
     pub user_id: String,
+    /// When the credential expires (seconds since the epoch): an event stream ends then.
+    pub expires_at: u64,
 }
 
 /// The scheme's name in the OpenAPI document.
@@ -167,9 +169,9 @@ async fn authenticate(req: &Request) -> Result<Caller, ApiError> {
         (Err(err), _) => (Source::Bearer, Err(err)),
     };
     match verified {
-        Ok(user_id) => {
-            limits.map_or(Ok(()), |limits| limits.check_user(&user_id))?;
-            Ok(Caller { user_id })
+        Ok(subject) => {
+            limits.map_or(Ok(()), |limits| limits.check_user(&subject.id))?;
+            Ok(Caller { user_id: subject.id, expires_at: subject.expires_at })
         }
         Err(err) => {
             limits.map_or(Ok(()), |limits| limits.check_address(req))?;

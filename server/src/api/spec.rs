@@ -329,6 +329,10 @@ mod tests {
             statuses("/api/tasks/changes", "get"),
             ["200", "400", "401", "410", "422", "429", "500", "503"]
         );
+        assert_eq!(
+            statuses("/api/{user_id}/tasks/events", "get"),
+            ["200", "400", "401", "403", "429", "500", "503"]
+        );
         assert_eq!(statuses("/health", "get"), ["200", "503"]);
         let problem = &doc["paths"]["/api/tasks/{id}"]["put"]["responses"]["422"];
         assert_eq!(problem["content"]["application/problem+json"]["example"]["status"], 422);

@@ -3,7 +3,7 @@
 //! security scheme has already answered 403 unless `{user_id}` is that subject.
 //!
 //! The OpenAPI document needs each style as separate operations (own paths and operationIds),
-//! so `task_operations!` declares the six operations once and is expanded for each style; every
+//! so `task_operations!` declares the eight operations once and is expanded for each style; every
 //! operation is a one-line call into the shared functions below it.
 
 use poem::{Request, web::Data};
@@ -18,6 +18,7 @@ use super::{
     changes::{self, ChangesLimit, ChangesResponse},
     conditional::{etag, none_match, precondition, written},
     cursor,
+    events::{self, EventsResponse},
     idempotency::{self, Begun, Keyed, Operation},
     payload::{JsonBody, TaskArray},
     security::{BearerAuth, Caller, UserPathBearerAuth},
@@ -39,8 +40,8 @@ use serde_json::Value;
 type CreateBody = Json<JsonObject<TaskCreateSchema>>;
 type UpdateBody = Json<JsonObject<TaskUpdateSchema>>;
 
-/// Declares the seven task operations for one path style: `$api` is the type, then its four
-/// paths (collection, item, completion toggle, change feed), tag, security extractor and
+/// Declares the eight task operations for one path style: `$api` is the type, then its five
+/// paths (collection, item, completion toggle, change feed, live events), tag, security extractor and
 /// operationIds;
 /// `path_user` marks the style whose paths hold `:user_id`. (Not `prefix_path`: poem-openapi would document the prefix
 /// as `/api/:user_id` instead of `/api/{user_id}`.)
@@ -48,11 +49,12 @@ type UpdateBody = Json<JsonObject<TaskUpdateSchema>>;
 macro_rules! task_operations {
     (
         $api:ident,
-        paths: [$collection:tt, $item:tt, $complete:tt, $changes:tt],
+        paths: [$collection:tt, $item:tt, $complete:tt, $changes:tt, $events:tt],
         tag: $tag:tt,
         auth: $auth:ident,
         operation_ids: [
-            $list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt, $feed:tt
+            $list:tt, $create:tt, $get:tt, $update:tt, $toggle:tt, $delete:tt, $feed:tt,
+            $live:tt
         ]
         $(, path_user: $user_id:ident)? $(,)?
     ) => {
@@ -295,13 +297,49 @@ macro_rules! task_operations {
                 $( let _ = $user_id; )?
                 changes::read(&state, &auth.0, since.as_deref(), limit.0).await
             }
+
+            /// Live: changes as they happen (server-sent events)
+            ///
+            /// A `text/event-stream` of the caller's changes, each as it is committed through
+            /// any instance: `id:` a cursor, `event: upsert` or `delete`, `data:` the change as
+            /// in `/changes`. With `Last-Event-ID` (or `since`), the changes after that cursor
+            /// come first, then live ones, with none lost or repeated in between; without,
+            /// only new ones. `event: resync` ends a stream whose cursor is too old. The stream
+            /// ends when the token expires: reconnect with a fresh token and `Last-Event-ID`.
+            /// At most `EVENT_STREAMS_PER_USER` (default 8) streams per user per instance: one
+            /// more is a 429. Browsers send the token with a fetch-based event-source client.
+            #[oai(path = $events, method = "get", operation_id = $live)]
+            async fn events(
+                &self,
+                auth: $auth,
+                $(
+                    /// The caller's own user id (the token's subject); any other is a 403.
+                    $user_id: Path<String>,
+                )?
+                state: Data<&AppState>,
+                /// The `id` of the last event received: resume after it.
+                #[oai(name = "Last-Event-ID")]
+                last_event_id: Header<Option<String>>,
+                /// A cursor from `/changes` (or an event's `id`) to start after;
+                /// `Last-Event-ID` wins.
+                since: Query<Option<String>>,
+            ) -> Result<EventsResponse, ApiError> {
+                $( let _ = $user_id; )?
+                events::open(&state, &auth.0, last_event_id.as_deref(), since.as_deref()).await
+            }
         }
     };
 }
 
 task_operations!(
     TasksApi,
-    paths: ["/api/tasks", "/api/tasks/:id", "/api/tasks/:id/complete", "/api/tasks/changes"],
+    paths: [
+        "/api/tasks",
+        "/api/tasks/:id",
+        "/api/tasks/:id/complete",
+        "/api/tasks/changes",
+        "/api/tasks/events"
+    ],
     tag: "ApiTags::Tasks",
     auth: BearerAuth,
     operation_ids: [
@@ -311,7 +349,8 @@ task_operations!(
         "update_task",
         "toggle_task",
         "delete_task",
-        "list_changes"
+        "list_changes",
+        "follow_changes"
     ],
 );
 
@@ -321,7 +360,8 @@ task_operations!(
         "/api/:user_id/tasks",
         "/api/:user_id/tasks/:id",
         "/api/:user_id/tasks/:id/complete",
-        "/api/:user_id/tasks/changes"
+        "/api/:user_id/tasks/changes",
+        "/api/:user_id/tasks/events"
     ],
     tag: "ApiTags::UserTasks",
     auth: UserPathBearerAuth,
@@ -332,7 +372,8 @@ task_operations!(
         "update_user_task",
         "toggle_user_task",
         "delete_user_task",
-        "list_user_changes"
+        "list_user_changes",
+        "follow_user_changes"
     ],
     path_user: user_id,
 );
@@ -341,7 +382,7 @@ task_operations!(
 /// `/api/{user_id}/tasks…` twin adds 403 where it is missing; a write's 403 is a cross-site
 /// cookie write, `AUTH_COOKIES=on`). `api::spec` documents exactly these, and the test
 /// harness fails any response whose status the document does not list.
-pub(super) const ERROR_STATUSES: [(&str, &[u16]); 7] = [
+pub(super) const ERROR_STATUSES: [(&str, &[u16]); 8] = [
     ("list_tasks", &[400, 401, 422, 429, 500, 503]),
     ("create_task", &[400, 401, 403, 409, 413, 415, 422, 429, 500, 503]),
     ("get_task", &[400, 401, 404, 429, 500, 503]),
@@ -349,6 +390,7 @@ pub(super) const ERROR_STATUSES: [(&str, &[u16]); 7] = [
     ("toggle_task", &[400, 401, 403, 404, 409, 412, 422, 429, 500, 503]),
     ("delete_task", &[400, 401, 403, 404, 409, 412, 422, 429, 500, 503]),
     ("list_changes", &[400, 401, 410, 422, 429, 500, 503]),
+    ("follow_changes", &[400, 401, 429, 500, 503]),
 ];
 
 /// The operations that take an `Idempotency-Key`, by their `/api/tasks…` operationId.

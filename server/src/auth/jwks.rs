@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use super::{
-    AuthError, ClaimRules, ED25519, Verifier, check_key_id, claims_checked, classify,
+    AuthError, ClaimRules, ED25519, Subject, Verifier, check_key_id, claims_checked, classify,
     ed25519_header, subject_from_claims,
 };
 
@@ -308,7 +308,7 @@ impl JwksVerifier {
         &self,
         token: &str,
         header: Header,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Subject, AuthError> {
         check_key_id(&header)?;
         let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid in the header".into()))?;
         let key = self.key(&kid).await?;
@@ -323,7 +323,7 @@ impl JwksVerifier {
         &self,
         token: &str,
         header: Header,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Subject, AuthError> {
         check_key_id(&header)?;
         let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid in the header".into()))?;
         let key = self.key(&kid).await?;
@@ -345,7 +345,7 @@ impl JwksVerifier {
 
 #[async_trait]
 impl Verifier for JwksVerifier {
-    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Subject, AuthError> {
         if let Some(header) = ed25519_header(token) {
             return self.verify_ed25519(token, header).await;
         }

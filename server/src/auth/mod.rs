@@ -37,14 +37,23 @@ pub enum AuthError {
     KeysUnavailable,
 }
 
+/// Who a verified credential speaks for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The user id: the owner of every task the request touches.
+    pub id: String,
+    /// The credential's `exp`, in seconds since the epoch: a live event stream ends there.
+    pub expires_at: u64,
+}
+
 /// Turns a bearer token into the subject it was issued to.
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
-    async fn verify(&self, token: &str) -> Result<String, AuthError>;
+    async fn verify(&self, token: &str) -> Result<Subject, AuthError>;
 
     /// The subject of Better Auth's `session_data` cookie, in its `jwt` or `compact` strategy.
     /// Only the shared secret signs it: without one, no cookie is valid.
-    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+    async fn verify_session_cookie(&self, value: &str) -> Result<Subject, AuthError> {
         let _ = value;
         Err(AuthError::Invalid("a session cookie needs BETTER_AUTH_SECRET to verify".into()))
     }
@@ -92,7 +101,7 @@ pub struct EitherKeySource {
 
 #[async_trait]
 impl Verifier for EitherKeySource {
-    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Subject, AuthError> {
         if let Some(header) = ed25519_header(token) {
             return self.jwks.verify_ed25519(token, header).await;
         }
@@ -103,7 +112,7 @@ impl Verifier for EitherKeySource {
         }
     }
 
-    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+    async fn verify_session_cookie(&self, value: &str) -> Result<Subject, AuthError> {
         self.shared_secret.verify_session_cookie(value).await
     }
 
@@ -257,7 +266,7 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
 /// JWT, whose `session.userId` must then agree); 1 to 255 characters, none of them a control
 /// character (a NUL cannot even be stored by PostgreSQL).
 /// Also rejects an `iat` in the future (beyond the leeway), which the library does not check.
-fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError> {
+fn subject_from_claims(claims: &Map<String, Value>) -> Result<Subject, AuthError> {
     if let Some(iat) = claims.get("iat") {
         let iat = iat.as_f64().ok_or_else(|| AuthError::Invalid("iat is not a number".into()))?;
         let now = jsonwebtoken::get_current_timestamp() as f64;
@@ -285,7 +294,9 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<String, AuthError>
                 && subject.chars().count() <= MAX_SUBJECT_CHARS
                 && !subject.chars().any(char::is_control) =>
         {
-            Ok(subject.to_owned())
+            // Every source requires `exp` (the compact cookie's is its own expiry).
+            let expires_at = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0);
+            Ok(Subject { id: subject.to_owned(), expires_at: expires_at.max(0.0) as u64 })
         }
         _ => Err(AuthError::Invalid(format!(
             "subject is not 1 to {MAX_SUBJECT_CHARS} characters without control characters"

@@ -7,8 +7,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde_json::{Map, Value, json};
 
 use super::{
-    AuthError, ClaimRules, LEEWAY_SECS, Verifier, check_key_id, classify, cookies, is_cookie_cache,
-    subject_from_claims,
+    AuthError, ClaimRules, LEEWAY_SECS, Subject, Verifier, check_key_id, classify, cookies,
+    is_cookie_cache, subject_from_claims,
 };
 
 pub struct SharedSecretVerifier {
@@ -32,7 +32,7 @@ impl SharedSecretVerifier {
 
 #[async_trait]
 impl Verifier for SharedSecretVerifier {
-    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Subject, AuthError> {
         let mut failure = AuthError::Invalid("no secret is configured".into());
         for key in &self.keys {
             let claims =
@@ -70,7 +70,7 @@ impl Verifier for SharedSecretVerifier {
         Err(failure)
     }
 
-    async fn verify_session_cookie(&self, value: &str) -> Result<String, AuthError> {
+    async fn verify_session_cookie(&self, value: &str) -> Result<Subject, AuthError> {
         if cookies::is_jwt(value) {
             return self.verify(value).await;
         }
@@ -131,7 +131,7 @@ mod tests {
         let rules = ClaimRules { issuer: Some("https://auth.example".into()), audience: None };
         let verifier = SharedSecretVerifier::new(&[b"current", b"older"], &rules);
         let token = sign(b"older", cookie_cache("u1", "u1"));
-        assert_eq!(verifier.verify(&token).await.unwrap(), "u1");
+        assert_eq!(verifier.verify(&token).await.unwrap().id, "u1");
         let disagreeing = sign(b"current", cookie_cache("u1", "u2"));
         assert!(matches!(verifier.verify(&disagreeing).await, Err(AuthError::Invalid(_))));
         // A `user.id` without a session is not the cookie cache: the issuer rule holds.

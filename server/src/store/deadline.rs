@@ -51,6 +51,10 @@ impl TaskStore for Deadline {
         bounded(self.limit, self.inner.changes(owner, since, limit)).await
     }
 
+    async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>> {
+        bounded(self.limit, self.inner.versions(owners)).await
+    }
+
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         let inner = bounded(self.limit, self.inner.writes(owner)).await?;
         Ok(Box::new(BoundedWrites { inner, limit: self.limit }))

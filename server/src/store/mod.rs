@@ -14,6 +14,7 @@ use sqlx::QueryBuilder;
 
 use deadline::Deadline;
 use postgres::PostgresStore;
+pub use postgres::listen_for_changes;
 use sqlite::SqliteStore;
 
 /// Whether both databases can hold `time`: the years 1 to 9999 (RFC 3339's range; PostgreSQL's
@@ -318,6 +319,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// sync needs no deletions). [`Feed::Gone`] when `since` can no longer be served: a deletion
     /// after it has been purged, or it is ahead of the owner's version (a restored database).
     async fn changes(&self, owner: &str, since: Option<i64>, limit: i64) -> StoreResult<Feed>;
+    /// The current version of each of `owners` that has ever written (the others are left
+    /// out), in any order: how a live stream learns that its owner's log has moved.
+    async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>>;
     /// Writes as `owner`, on one connection; committed by [`Writes::commit`], rolled back when
     /// dropped.
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>>;
@@ -435,10 +439,22 @@ pub enum Feed {
     Gone,
 }
 
+/// What PostgreSQL's change notifications say (see [`listen_for_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// This owner's change log has moved.
+    Changed(String),
+    /// The listener is (again) in place: anything may have changed while it was away.
+    Reconnected,
+}
+
 /// Changes in commit order, and where the next read resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeBatch {
     pub changes: Vec<Change>,
+    /// The version each change was logged at, in step with `changes`: resuming after change
+    /// `i` is resuming from `versions[i]`.
+    pub versions: Vec<i64>,
     /// The version right after the last change returned (the owner's version at the read, when
     /// nothing more is waiting).
     pub cursor: i64,
@@ -635,11 +651,12 @@ fn assemble_feed<T>(
     let more = changes.len() as i64 > limit;
     let cursor = if more {
         changes.truncate(limit as usize);
+        versions.truncate(limit as usize);
         versions[changes.len() - 1]
     } else {
         current
     };
-    Ok(Feed::Changes(ChangeBatch { changes, cursor, more }))
+    Ok(Feed::Changes(ChangeBatch { changes, versions, cursor, more }))
 }
 
 /// How long one connection attempt may take at start-up.

@@ -16,16 +16,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
     FromRow, PgConnection, PgPool, Postgres, QueryBuilder,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
     types::Json,
 };
+use tokio::sync::mpsc;
 
 use super::{
-    Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, IdempotencyKey, ListQuery,
-    NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
-    StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
-    count_statement, ids_statement, into_page, kept_claim, list_statement, push_like_search,
-    task_columns, wait_until_reachable, written,
+    Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, Heard, IdempotencyKey,
+    ListQuery, NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention,
+    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed,
+    by_id_statement, count_statement, ids_statement, into_page, kept_claim, list_statement,
+    push_like_search, task_columns, wait_until_reachable, written,
 };
 
 impl Dialect for Postgres {
@@ -245,6 +246,17 @@ impl TaskStore for PostgresStore {
             })
             .await?;
         assemble_feed(owner, since, limit, rows, Ok)
+    }
+
+    async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>> {
+        self.call(async |db| {
+            sqlx::query_as("SELECT user_id, version FROM task_counts WHERE user_id = ANY($1)")
+                .bind(owners)
+                .persistent(self.prepared)
+                .fetch_all(db)
+                .await
+        })
+        .await
     }
 
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
@@ -537,4 +549,52 @@ async fn get(
     .persistent(prepared)
     .fetch_optional(db)
     .await
+}
+
+/// The channel that the change-log trigger notifies, with the owner as payload (see the
+/// migration `20261202000000_change_notify.sql`).
+const CHANGES_CHANNEL: &str = "task_changes";
+
+/// How long one attempt to connect the listener may take.
+const LISTEN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Listens for change notifications on `url` (a direct connection: `LISTEN` does not work
+/// through a transaction-mode pooler) and hands them to `heard`, until it closes. Each
+/// (re)connection is followed by [`Heard::Reconnected`] once `LISTEN` is in place: what was
+/// notified while the listener was away is lost (PostgreSQL keeps nothing for an absent
+/// listener), so every stream must read its log again.
+pub async fn listen_for_changes(url: String, heard: mpsc::Sender<Heard>) {
+    let initial_delay = std::time::Duration::from_millis(100);
+    let mut delay = initial_delay;
+    loop {
+        match tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, listener(&url)).await {
+            Ok(Ok(mut listener)) => {
+                delay = initial_delay;
+                if heard.send(Heard::Reconnected).await.is_err() {
+                    return;
+                }
+                // `Ok(None)`: the connection was lost. Either way, a fresh listener follows.
+                while let Ok(Some(notification)) = listener.try_recv().await {
+                    if heard.send(Heard::Changed(notification.payload().to_owned())).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                tracing::warn!("lost the LISTEN connection for live changes; reconnecting");
+            }
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not LISTEN for live changes"),
+            Err(_) => tracing::warn!("could not LISTEN for live changes: connecting timed out"),
+        }
+        if heard.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+async fn listener(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANGES_CHANNEL).await?;
+    Ok(listener)
 }

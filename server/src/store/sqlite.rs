@@ -259,6 +259,16 @@ impl TaskStore for SqliteStore {
         assemble_feed(owner, since, limit, rows, timestamp)
     }
 
+    async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT user_id, version FROM task_counts \
+             WHERE user_id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(Json(owners))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         let turn = self.write_turn.clone().lock_owned().await;
         let db = Connection::Pooled(self.pool.acquire().await?);

@@ -1,0 +1,260 @@
+//! Live changes, behind the HTTP layer: who follows whose change log on this instance, and
+//! waking them when it moves, whichever instance wrote.
+//!
+//! A wake-up says only "this owner's log has moved": each stream then reads the log from its
+//! own cursor (`api::events`), so a wake-up lost, repeated or early costs at most one read, and
+//! never a change. Wake-ups come from:
+//!
+//! - this instance's own writes, at once (the only source on SQLite: one process, one file);
+//! - on PostgreSQL, `NOTIFY task_changes` from the trigger that logs every write, heard on a
+//!   direct connection (`DATABASE_LISTEN_URL`, else `DATABASE_URL`); a listener that reconnects
+//!   wakes every stream, since what was notified meanwhile is lost, and a slow safety poll
+//!   heals anything else;
+//! - behind a transaction-mode pooler without `DATABASE_LISTEN_URL` (where `LISTEN` silently
+//!   hears nothing), a poll of the followed owners' versions twice a second instead.
+//!
+//! A poll is one query for every followed owner at once, and wakes only those whose version
+//! moved.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::store::{self, Heard, TaskStore};
+
+/// How often the versions are polled when no notification can be heard: well within the 1 s
+/// in which a change must reach every stream.
+pub const POLL_PERIOD: Duration = Duration::from_millis(500);
+/// How often they are polled besides `LISTEN`, against anything lost without a reconnect (and a
+/// `LISTEN` that goes through a pooler nobody said was one).
+pub const SAFETY_POLL_PERIOD: Duration = Duration::from_secs(10);
+
+/// How this instance learns of other instances' writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Only its own writes exist (SQLite).
+    Local,
+    /// PostgreSQL's `LISTEN` on this (direct) URL, with a safety poll.
+    Listen(String),
+    /// A poll of the log every [`POLL_PERIOD`].
+    Poll,
+}
+
+impl Source {
+    /// SQLite has no other instance; PostgreSQL `LISTEN`s on `listen_url`, else on
+    /// `database_url` unless that is a transaction-mode pooler, where `LISTEN` hears nothing:
+    /// then it polls. A pooler is told by the statement cache being off (the setting such
+    /// poolers need) or by Neon's pooled host name (`…-pooler.…`).
+    pub fn for_database(
+        database_url: &str,
+        listen_url: Option<&str>,
+        statement_cache_capacity: usize,
+    ) -> Self {
+        let pooled = statement_cache_capacity == 0 || is_neon_pooler(database_url);
+        match listen_url {
+            _ if database_url.starts_with("sqlite:") => Source::Local,
+            Some(listen_url) => Source::Listen(listen_url.to_owned()),
+            None if pooled => Source::Poll,
+            None => Source::Listen(database_url.to_owned()),
+        }
+    }
+}
+
+/// Whether the URL's host is a Neon pooled endpoint (`ep-…-pooler.<region>.aws.neon.tech`).
+fn is_neon_pooler(database_url: &str) -> bool {
+    let after_scheme = database_url.split_once("://").map_or(database_url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    host.split('.').next().is_some_and(|label| label.ends_with("-pooler"))
+}
+
+/// The followers of this instance, by owner.
+#[derive(Debug)]
+pub struct Hub {
+    owners: Mutex<HashMap<String, Followed>>,
+    streams_per_owner: usize,
+}
+
+#[derive(Debug)]
+struct Followed {
+    streams: usize,
+    wake: watch::Sender<()>,
+    /// The version the last poll found, to wake only on a move.
+    polled: Option<i64>,
+}
+
+/// One stream's place among the followers: its wake-ups, and a place under the per-owner cap
+/// that it gives back when dropped.
+#[derive(Debug)]
+pub struct Follow {
+    hub: Arc<Hub>,
+    owner: String,
+    woken: watch::Receiver<()>,
+}
+
+impl Hub {
+    pub fn new(streams_per_owner: usize) -> Arc<Self> {
+        Arc::new(Self { owners: Mutex::default(), streams_per_owner })
+    }
+
+    /// Follows `owner`'s log from now on; `None` when they hold the most streams already.
+    pub fn follow(self: &Arc<Self>, owner: &str) -> Option<Follow> {
+        let mut owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        let followed = owners.entry(owner.to_owned()).or_insert_with(|| Followed {
+            streams: 0,
+            wake: watch::Sender::new(()),
+            polled: None,
+        });
+        if followed.streams >= self.streams_per_owner {
+            return None;
+        }
+        followed.streams += 1;
+        crate::metrics::event_streams(1.0);
+        Some(Follow {
+            hub: self.clone(),
+            owner: owner.to_owned(),
+            woken: followed.wake.subscribe(),
+        })
+    }
+
+    /// `owner`'s log has moved.
+    pub fn wake(&self, owner: &str) {
+        let owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(followed) = owners.get(owner) {
+            followed.wake.send_replace(());
+        }
+    }
+
+    /// Anything may have moved.
+    fn wake_all(&self) {
+        let owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        for followed in owners.values() {
+            followed.wake.send_replace(());
+        }
+    }
+
+    fn followed(&self) -> Vec<String> {
+        let owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        owners.keys().cloned().collect()
+    }
+
+    /// Wakes the owners whose version is not the one the previous poll found.
+    async fn poll(&self, store: &dyn TaskStore) {
+        let followed = self.followed();
+        if followed.is_empty() {
+            return;
+        }
+        let versions = match store.versions(&followed).await {
+            Ok(versions) => versions,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not poll the change log for live streams");
+                return;
+            }
+        };
+        let mut owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (owner, version) in versions {
+            if let Some(followed) = owners.get_mut(&owner)
+                && followed.polled.replace(version) != Some(version)
+            {
+                followed.wake.send_replace(());
+            }
+        }
+    }
+
+    /// Starts learning of other instances' writes from `source`, for the life of the process.
+    pub fn spawn(self: &Arc<Self>, store: Arc<dyn TaskStore>, source: Source) {
+        match source {
+            Source::Local => {}
+            Source::Poll => {
+                tracing::warn!(
+                    "live changes: polling the change log twice a second (no LISTEN behind a \
+                     transaction-mode pooler; set DATABASE_LISTEN_URL to a direct connection)"
+                );
+                tokio::spawn(self.clone().poll_every(store, POLL_PERIOD));
+            }
+            Source::Listen(url) => {
+                let (heard, mut hearing) = mpsc::channel(1024);
+                tokio::spawn(store::listen_for_changes(url, heard));
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    while let Some(heard) = hearing.recv().await {
+                        match heard {
+                            Heard::Changed(owner) => hub.wake(&owner),
+                            Heard::Reconnected => hub.wake_all(),
+                        }
+                    }
+                });
+                tokio::spawn(self.clone().poll_every(store, SAFETY_POLL_PERIOD));
+            }
+        }
+    }
+
+    async fn poll_every(self: Arc<Self>, store: Arc<dyn TaskStore>, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.poll(&*store).await;
+        }
+    }
+}
+
+impl Follow {
+    /// Resolves at the next wake-up since the last one seen (at once if one came meanwhile).
+    pub async fn woken(&mut self) {
+        // An error: the hub dropped the owner, which it never does while this follows it.
+        let _ = self.woken.changed().await;
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let mut owners = self.hub.owners.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(followed) = owners.get_mut(&self.owner) {
+            followed.streams -= 1;
+            if followed.streams == 0 {
+                owners.remove(&self.owner);
+            }
+        }
+        crate::metrics::event_streams(-1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pooler_is_polled_and_a_direct_connection_listened_to() {
+        let neon = "postgres://u:p@ep-cool-1-pooler.eu-central-1.aws.neon.tech/db?sslmode=require";
+        let direct = "postgres://u:p@ep-cool-1.eu-central-1.aws.neon.tech/db?sslmode=require";
+        assert_eq!(Source::for_database("sqlite://tasks.db", None, 100), Source::Local);
+        assert_eq!(Source::for_database(neon, None, 100), Source::Poll);
+        assert_eq!(Source::for_database(direct, None, 0), Source::Poll);
+        assert_eq!(Source::for_database(direct, None, 100), Source::Listen(direct.into()));
+        assert_eq!(Source::for_database(neon, Some(direct), 100), Source::Listen(direct.into()));
+        assert!(!is_neon_pooler("postgres://u:p-pooler@host/db"), "a password is no host");
+    }
+
+    #[tokio::test]
+    async fn an_owner_holds_at_most_the_cap_and_wakes_only_their_own_followers() {
+        let hub = Hub::new(2);
+        let mut first = hub.follow("alice").unwrap();
+        let second = hub.follow("alice").unwrap();
+        assert!(hub.follow("alice").is_none());
+        let mut bob = hub.follow("bob").unwrap();
+
+        hub.wake("alice");
+        tokio::time::timeout(Duration::from_secs(1), first.woken()).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), bob.woken()).await.is_err());
+
+        drop(second);
+        let third = hub.follow("alice").unwrap();
+        drop((first, third));
+        assert_eq!(hub.followed(), vec!["bob".to_owned()]);
+    }
+}
