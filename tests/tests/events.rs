@@ -391,3 +391,28 @@ async fn a_reader_that_never_reads_is_cut_off() {
     // And the cap's one place is free again.
     let _ = follow(&server, &token(&alice), None).await;
 }
+
+/// An idle stream still says something every 15 s (a comment line), so that proxies that close
+/// silent connections leave it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_a_comment_line_within_15_seconds() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start(Backend::Sqlite).await;
+    let address = server.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET /api/tasks/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(&user("quiet"))
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    while !received.windows(4).any(|w| w == b"\n:\n\n" || w == b"\r\n:\n") {
+        let mut buffer = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(16), stream.read(&mut buffer)).await;
+        let read = read.expect("nothing within 16 s").unwrap();
+        assert!(read > 0, "the stream closed");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    assert!(started.elapsed() <= Duration::from_millis(15_500), "{:?}", started.elapsed());
+}

@@ -12,8 +12,11 @@
 
 use std::time::Duration;
 
+use std::task::Poll;
+
+use bytes::Bytes;
 use futures::{StreamExt as _, stream::BoxStream};
-use poem::{IntoResponse, Response, web::sse::Event};
+use poem::{Body, IntoResponse, Response, web::sse::Event};
 use poem_openapi::{
     ApiResponse,
     payload::Payload,
@@ -60,8 +63,24 @@ impl Payload for ChangeEvents {
 }
 
 impl IntoResponse for ChangeEvents {
+    /// poem's own `SSE` writes through an `AsyncRead` adapter that keeps a 4 KB buffer per
+    /// stream; this hands each event to the connection as it is, which an idle stream's memory
+    /// shows (see `docs/benchmarks.md`).
     fn into_response(self) -> Response {
-        poem::web::sse::SSE::new(self.0).keep_alive(KEEP_ALIVE).into_response()
+        let mut events = self.0.map(|event| Bytes::from(event.to_string()));
+        let mut keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let body = futures::stream::poll_fn(move |cx| {
+            if let Poll::Ready(event) = events.poll_next_unpin(cx) {
+                return Poll::Ready(event.map(Ok::<_, std::io::Error>));
+            }
+            keep_alive.poll_tick(cx).map(|_| Some(Ok(Bytes::from_static(b":\n\n"))))
+        });
+        Response::builder()
+            .content_type(<Self as Payload>::CONTENT_TYPE)
+            .header("Cache-Control", "no-cache")
+            // Tells nginx-style proxies not to hold events back.
+            .header("X-Accel-Buffering", "no")
+            .body(Body::from_bytes_stream(body))
     }
 }
 

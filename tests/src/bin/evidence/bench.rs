@@ -33,7 +33,10 @@ use integration_tests::{
     token,
 };
 
-use crate::server_process::{self, ServerProcess};
+use crate::{
+    server_process::{self, ServerProcess},
+    streams,
+};
 
 const USERS: usize = 100;
 const TASKS_PER_USER: usize = 20;
@@ -88,13 +91,13 @@ impl Options {
 
 /// One run of `wrk` against the server.
 #[derive(Debug, Clone, Copy)]
-struct ServiceRun {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    cpu_micros_per_request: f64,
+pub(crate) struct ServiceRun {
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+    pub cpu_micros_per_request: f64,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -144,6 +147,7 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         ("LOG_FORMAT", "json"),
         ("RATE_LIMIT_PER_SECOND", "1000000"),
     ]);
+    env.extend(streams::SERVER_ENV);
     env.extend(options.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let log = scratch.join("bench-postgres.log");
     let server = ServerProcess::start_with(binary, &service_url, log, &env).await?;
@@ -182,6 +186,8 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
 
     let sync = sync_and_retries(&server, scratch, duration / 2).await.context("sync and keys")?;
     writeln!(report, "\n{sync}")?;
+    let live = streams::report(&server, &script, duration).await.context("live streams")?;
+    writeln!(report, "\n{live}")?;
 
     // The user with 10,000 tasks, against a user with 20.
     let large = large_user(&server, duration / 2).await.context("the 10,000-task user")?;
@@ -319,7 +325,7 @@ fn write_pgbench_scripts(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
         .collect()
 }
 
-fn wrk(
+pub(crate) fn wrk(
     server: &ServerProcess,
     script: &Path,
     concurrency: usize,

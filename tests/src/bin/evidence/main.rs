@@ -17,6 +17,7 @@ mod resilience;
 mod rolling;
 mod server_process;
 mod soak;
+mod streams;
 
 use std::process::ExitCode;
 
