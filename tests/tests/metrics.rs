@@ -1,5 +1,5 @@
 //! `/metrics`, scraped and parsed as Prometheus would (`prometheus-parse`), before and after
-//! known traffic: the counters move by exactly what was sent. (One test in its own binary: the
+//! known traffic: the counters move by exactly what was sent, and the gauges follow what is open. (One test in its own binary: the
 //! recorder is per process, so nothing else may count here meanwhile.)
 
 use base64::Engine as _;
@@ -7,6 +7,7 @@ use integration_tests::{Backend, Options, TestServer};
 use prometheus_parse::{Scrape, Value};
 use reqwest::{Method, StatusCode};
 use server::auth::{ClaimRules, JwksSettings, JwksTiming};
+use tokio::io::AsyncReadExt as _;
 
 async fn scrape(server: &TestServer) -> Scrape {
     let response = server.raw().request(Method::GET, "/metrics").send().await.unwrap();
@@ -85,6 +86,41 @@ async fn metrics_count_what_happened() {
     assert!(value(&after, "db_pool_connections", &[]) >= 1.0, "the pool holds connections");
     assert!(after.samples.iter().any(|s| s.metric == "db_pool_idle_connections"));
 
+    // A live stream: the gauge counts it while it is open, and each event sent is counted.
+    let before = scrape(&server).await;
+    let mut stream = open_stream(&server, "metrics-user").await;
+    let task = client
+        .create_task()
+        .body(client_sdk::types::TaskCreate::builder().title("streamed"))
+        .send()
+        .await
+        .unwrap();
+    client.delete_task().id(task.id).send().await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("event: delete") {
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the stream closed");
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    let open = scrape(&server).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&open, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(moved("event_streams_open", &[]), 1.0);
+    assert_eq!(moved("events_sent_total", &[("event", "upsert")]), 1.0);
+    assert_eq!(moved("events_sent_total", &[("event", "delete")]), 1.0);
+    // Reset (as when a client drops a stream with data still unread): noticed at once.
+    // (A clean close is noticed at the next keep-alive but one, within 30 s: see
+    // `docs/benchmarks.md`.)
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while value(&scrape(&server).await, "event_streams_open", &[]) > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the gauge never came back down");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // A key set that cannot be fetched: a 503 by cause `key_set`, and failed fetches.
     let unreachable = JwksSettings {
         url: "http://127.0.0.1:9/api/auth/jwks".into(),
@@ -116,4 +152,25 @@ async fn metrics_count_what_happened() {
     let off = TestServer::start(Backend::Sqlite).await;
     let response = off.raw().request(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+/// `user`'s event stream on a plain connection (closed when dropped, as a browser tab does).
+async fn open_stream(server: &TestServer, user: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let address = server.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET /api/tasks/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        integration_tests::token(user)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The head comes once the stream follows the user: from here on, no change is missed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the stream closed");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    stream
 }
