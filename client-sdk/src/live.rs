@@ -24,7 +24,7 @@
 //! streams with one from [`crate::streaming`], which only gives up on a silent connection.
 
 use bytes::{Buf as _, BytesMut};
-use futures::{Stream, StreamExt as _};
+use futures::{StreamExt as _, stream::BoxStream};
 
 use crate::{ByteStream, types};
 
@@ -60,9 +60,9 @@ impl std::error::Error for LiveError {}
 
 /// The typed events of a `follow_changes` (or `follow_user_changes`) response body, in order;
 /// keep-alive comments are skipped.
-pub fn events(body: ByteStream) -> impl Stream<Item = Result<LiveEvent, LiveError>> + Send {
+pub fn events(body: ByteStream) -> BoxStream<'static, Result<LiveEvent, LiveError>> {
     let state = (body.into_inner(), BytesMut::new(), false);
-    futures::stream::unfold(state, |(mut body, mut buffer, mut done)| async move {
+    let events = futures::stream::unfold(state, |(mut body, mut buffer, mut done)| async move {
         loop {
             if done {
                 return None;
@@ -90,7 +90,8 @@ pub fn events(body: ByteStream) -> impl Stream<Item = Result<LiveEvent, LiveErro
                 Err(err) => return Some((Err(LiveError::Transport(err)), (body, buffer, true))),
             }
         }
-    })
+    });
+    events.boxed()
 }
 
 /// One event block; `None` for a comment.
