@@ -158,13 +158,15 @@ async fn a_frontends_fetch_event_source_hears_another_clients_change(backend: Ba
     let other_device = server.client(&user);
     let body = client_sdk::types::TaskCreate::builder().title("from the phone");
     let task = other_device.create_task().body(body).send().await.unwrap().into_inner();
-    other_device.delete_task().id(task.id).send().await.unwrap();
-
     let created = next_line().await;
     assert_eq!(created["event"], "upsert");
     assert_eq!(created["data"]["op"], "upsert");
     assert_eq!(created["data"]["task"]["id"], task.id);
     assert_eq!(created["data"]["task"]["title"], "from the phone");
+
+    // Deleted only once the create was heard: the log keeps each task's latest change, so a
+    // stream that reads after both (behind PgBouncer it polls) rightly sends the delete alone.
+    other_device.delete_task().id(task.id).send().await.unwrap();
     let deleted = next_line().await;
     assert_eq!(
         (&deleted["event"], &deleted["data"]),
