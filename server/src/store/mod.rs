@@ -748,6 +748,14 @@ where
     fn owner_column(_filter: &Filter, _counting: bool) -> &'static str {
         "user_id"
     }
+    /// ` AND ` the task carries `tag`: the owner's tasks the tag's rows in `task_tags` name.
+    fn push_tag(sql: &mut QueryBuilder<Self>, owner: &str, tag: &str) {
+        sql.push(" AND id IN (SELECT task_id FROM task_tags WHERE user_id = ");
+        Self::bind_text(sql, owner);
+        sql.push(" AND tag = ");
+        Self::bind_text(sql, tag);
+        sql.push(")");
+    }
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str);
     fn bind_int(sql: &mut QueryBuilder<Self>, value: i64);
     fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>);
@@ -867,11 +875,7 @@ where
         sql.push(")");
     }
     for tag in &filter.tags {
-        sql.push(" AND id IN (SELECT task_id FROM task_tags WHERE user_id = ");
-        DB::bind_text(sql, owner);
-        sql.push(" AND tag = ");
-        DB::bind_text(sql, tag);
-        sql.push(")");
+        DB::push_tag(sql, owner, tag);
     }
     if let Some(at) = filter.due_after {
         sql.push(" AND due_at >= ");

@@ -30,6 +30,18 @@ use super::{
 };
 
 impl Dialect for Postgres {
+    /// One probe of `task_tags`' primary key per task of the owner. `OFFSET 0` keeps the
+    /// planner from making it a join: when it underestimates a user's rows (a user outside the
+    /// statistics' common values, or one who just imported thousands) it chose a nested loop
+    /// that rescans all of the tag's rows for every task: 6 s for 10,000 tasks with stale
+    /// statistics, against 28 ms this way (9 ms against 3 ms once analysed).
+    fn push_tag(sql: &mut QueryBuilder<Self>, owner: &str, tag: &str) {
+        sql.push(" AND EXISTS (SELECT FROM task_tags WHERE user_id = ");
+        Self::bind_text(sql, owner);
+        sql.push(" AND tag = ");
+        Self::bind_text(sql, tag);
+        sql.push(" AND task_id = tasks.id OFFSET 0)");
+    }
     /// Served by the trigram GIN index, `user_id` in it (see the migration).
     fn push_search(sql: &mut QueryBuilder<Self>, search: &str) {
         push_like_search(sql, "ILIKE", search);
