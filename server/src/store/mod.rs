@@ -188,6 +188,12 @@ impl Filter {
     fn is_status_only(&self) -> bool {
         *self == Filter { status: self.status, ..Filter::default() }
     }
+
+    /// Only one tag, nothing else: `task_tags` alone counts it (one row per live task and tag).
+    fn only_tag(&self) -> Option<&str> {
+        let [tag] = self.tags.as_slice() else { return None };
+        (*self == Filter { tags: vec![tag.clone()], ..Filter::default() }).then_some(tag)
+    }
 }
 
 /// Which of an owner's tasks to list, in which order. Ties are broken by id, so pages are stable.
@@ -844,6 +850,12 @@ where
         sql.push("COALESCE((SELECT ").push(count).push(" FROM task_counts WHERE user_id = ");
         DB::bind_text(sql, owner);
         sql.push("), 0)");
+    } else if let Some(tag) = filter.only_tag() {
+        sql.push("(SELECT count(*) FROM task_tags WHERE user_id = ");
+        DB::bind_text(sql, owner);
+        sql.push(" AND tag = ");
+        DB::bind_text(sql, tag);
+        sql.push(")");
     } else {
         sql.push("(SELECT count(*) FROM tasks WHERE ").push(DB::owner_column(filter, true));
         sql.push(" = ");
