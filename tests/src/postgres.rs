@@ -18,18 +18,30 @@ pub struct PgCluster {
     pub port: u16,
     base: PathBuf,
     bin: PathBuf,
+    /// PostgreSQL's default durability (fsync, synchronous commit, full pages), as production
+    /// runs it; else none of it, which tests do not need.
+    durable: bool,
 }
 
 impl PgCluster {
     /// Runs `initdb` and starts the server; it is stopped and deleted on drop, and, should this
     /// process die first, by a watchdog that outlives it.
     pub fn start() -> Self {
+        Self::start_with_durability(false)
+    }
+
+    /// [`start`](Self::start) with production's durability: what benchmark headlines run on.
+    pub fn start_durable() -> Self {
+        Self::start_with_durability(true)
+    }
+
+    fn start_with_durability(durable: bool) -> Self {
         let bin = bin_dir();
         let base =
             tempfile::Builder::new().prefix("task-api-pg-").tempdir().expect("temp dir").keep();
         give_to_postgres(&base);
         let port = free_port();
-        let cluster = Self { port, base, bin };
+        let cluster = Self { port, base, bin, durable };
         cluster.run(
             "initdb",
             &[
@@ -52,12 +64,14 @@ impl PgCluster {
 
     /// Starts the (stopped) server again on the same port.
     pub fn resume(&self) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
+        let mut options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=400",
             self.port,
             self.base.display()
         );
+        if !self.durable {
+            options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
         let log = self.base.join("server.log");
         self.run(
             "pg_ctl",
@@ -201,6 +215,12 @@ fn admin_url() -> String {
         Ok(url) if !url.is_empty() => url,
         _ => SHARED.get_or_init(PgCluster::start).admin_url(),
     }
+}
+
+/// A new, empty database on the server `admin_url` names (e.g. a cluster of one's own); returns
+/// its URL.
+pub async fn fresh_database_on(admin_url: &str) -> String {
+    with_database(admin_url, &create_database(admin_url).await)
 }
 
 /// Creates a database with a new name on the server `admin_url` names; returns the name.

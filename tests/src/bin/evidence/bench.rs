@@ -1,14 +1,23 @@
-//! `bench [--quick] [--pooler]`: the release server against the database's own limit.
+//! `bench [--quick] [--pooler]`: the release server against a minimal peer and the database's
+//! own limit.
 //!
-//! - Setup: a throwaway PostgreSQL, the release server, 100 users × 20 tasks created through
-//!   the API, one user after another (user `u` owns tasks `(u-1)*20+1 ..= u*20`).
+//! - Setup: a PostgreSQL cluster of the bench's own with production's durability (fsync on;
+//!   `--no-fsync` for the tests' settings, as figures before 2026-12-02 were taken), the
+//!   release server, 100 users × 20 tasks created through the API, one user after another
+//!   (user `u` owns tasks `(u-1)*20+1 ..= u*20`), then copied into a plain table (`peer.tasks`:
+//!   no trigger, no CHECK, one index).
 //! - The service: `wrk` with a Lua script: 50 % list own tasks, 30 % get one, 10 % `PUT
 //!   {"title"}`, 10 % toggle, through `/api/{user_id}/tasks`, at c = 10, 50 and 100.
-//! - The limit: `pgbench -M prepared` running the statements the store issues for those four
-//!   operations, in the same mix, at the same concurrency, against the same database.
-//! - The headline: service and pgbench runs alternate three times per concurrency; the median
-//!   ratio of their throughputs (absolute figures swing on shared machines, pairs hold).
-//! - Also: the server's CPU per request (`/proc/PID/stat`), its peak RSS, the same workload on
+//! - The anchors, with the same script: the minimal peer (`tests/src/bin/peer.rs`, hyper +
+//!   tokio-postgres) with one pipelined connection, with a pool of 10 exclusive connections,
+//!   and with that pool on our own schema (what our triggers and constraints cost PostgreSQL);
+//!   and the limit, `pgbench -M prepared` running the peer's plain statements on the plain
+//!   table, in the same mix.
+//! - The headline: the five runs alternate three times per concurrency; the median ratio of
+//!   our throughput to each (absolute figures swing on shared machines, rounds hold). Every row
+//!   has the server's and PostgreSQL's CPU per request (`/proc`: the postmaster, its reaped
+//!   children and its live ones).
+//! - Also: the peak RSS of each, the same workload on
 //!   SQLite, and one user with 10,000 tasks (pages of 50 at several offsets, the keyset page
 //!   that starts where the last offset does, and everything).
 //! - Sync and retries: a create with an `Idempotency-Key` against one without, and the poll
@@ -29,9 +38,11 @@ use std::{
 
 use anyhow::Context as _;
 use integration_tests::{
-    postgres::{self, fresh_database, fresh_pooled_database},
+    pgbouncer::PgBouncer,
+    postgres::{self, PgCluster, fresh_database_on},
     token,
 };
+use sqlx::Connection as _;
 
 use crate::{
     server_process::{self, ServerProcess},
@@ -45,6 +56,8 @@ const LARGE_USER_TASKS: usize = 10_000;
 pub struct Options {
     quick: bool,
     pooler: bool,
+    /// The tests' cluster settings (fsync off), to compare with figures from before 2026-12-02.
+    no_fsync: bool,
     /// Only this concurrency (three pairs), and no extras.
     concurrency: Option<usize>,
     /// More environment for the server, e.g. `METRICS=off` to price the metrics.
@@ -53,14 +66,14 @@ pub struct Options {
     server_binary: Option<PathBuf>,
 }
 
-const USAGE: &str =
-    "bench [--quick] [--pooler] [--concurrency N] [--server-env KEY=VALUE]… [--server-binary PATH]";
+const USAGE: &str = "bench [--quick] [--pooler] [--no-fsync] [--concurrency N] [--server-env KEY=VALUE]… [--server-binary PATH]";
 
 impl Options {
     pub fn parse(args: &[&str]) -> anyhow::Result<Self> {
         let mut options = Options {
             quick: false,
             pooler: false,
+            no_fsync: false,
             concurrency: None,
             server_env: Vec::new(),
             server_binary: None,
@@ -70,6 +83,7 @@ impl Options {
             match *arg {
                 "--quick" => options.quick = true,
                 "--pooler" => options.pooler = true,
+                "--no-fsync" => options.no_fsync = true,
                 "--concurrency" => {
                     let value = args.next().context(USAGE)?;
                     options.concurrency = Some(value.parse().context(USAGE)?);
@@ -92,6 +106,7 @@ impl Options {
 /// One run of `wrk` against the server.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServiceRun {
+    pub requests: f64,
     pub requests_per_second: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -124,21 +139,20 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         (false, Some(concurrency)) => (Duration::from_secs(15), vec![concurrency], 3),
         (false, None) => (Duration::from_secs(15), vec![10, 50, 100], 3),
     };
-    let mut report = String::new();
-    writeln!(
-        report,
-        "| database | c | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU µs/req | pgbench tx/s | ratio |"
-    )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
-
-    // PostgreSQL: the service, alternating with pgbench on the same database.
-    let (service_url, env) = if options.pooler {
-        (fresh_pooled_database().await, vec![("DATABASE_STATEMENT_CACHE", "0")])
-    } else {
-        (fresh_database().await, vec![])
+    // PostgreSQL: a cluster of the bench's own, durable as production runs it.
+    let cluster = if options.no_fsync { PgCluster::start() } else { PgCluster::start_durable() };
+    let admin_url = cluster.admin_url();
+    let direct_url = fresh_database_on(&admin_url).await;
+    let bouncer = options.pooler.then(|| PgBouncer::start(&admin_url));
+    let (service_url, env) = match &bouncer {
+        Some(bouncer) => {
+            let pooled =
+                admin_url.replace(&format!(":{}/", cluster.port), &format!(":{}/", bouncer.port));
+            let name = direct_url.rsplit('/').next().unwrap_or_default();
+            (postgres::with_database(&pooled, name), vec![("DATABASE_STATEMENT_CACHE", "0")])
+        }
+        None => (direct_url.clone(), vec![]),
     };
-    // pgbench goes straight to the same database (behind PgBouncer too).
-    let pgbench_url = postgres::direct_url(&service_url);
     let mut env: Vec<(&str, &str)> = env;
     // The limiter runs as in production but never binds: one user at c = 10 on a cheap page
     // asks for more than the default 5,000/s, and these rows measure the page, not the policy.
@@ -152,33 +166,86 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
     let log = scratch.join("bench-postgres.log");
     let server = ServerProcess::start_with(binary, &service_url, log, &env).await?;
     let script = seed_and_write_script(&server, scratch).await.context("seeding 100 users")?;
-    let pgbench_scripts = write_pgbench_scripts(scratch)?;
     let label = if options.pooler { "PostgreSQL via PgBouncer (cache 0)" } else { "PostgreSQL" };
+    let durability = if options.no_fsync { "fsync off" } else { "durable: fsync on" };
+    let postgres_cpu = PostgresCpu::of(&direct_url).await?;
+    let anchors = Anchors::start(&direct_url, scratch).await.context("the peers")?;
+    let mut report = String::new();
+    writeln!(report, "{label} ({durability})\n")?;
+    writeln!(
+        report,
+        "| c | who | req/s | p50 ms | p99 ms | errors | server CPU µs/req | PostgreSQL CPU µs/req | ours ÷ this (pairs) |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
     for &concurrency in &concurrencies {
-        let mut pairs = Vec::new();
+        let mut rounds_run: Vec<Vec<Measured>> = Vec::new();
         for _ in 0..rounds {
-            let service = wrk(&server, &script, concurrency, duration)?;
-            let limit = pgbench(&pgbench_url, &pgbench_scripts, concurrency, duration)?;
-            pairs.push((service, limit));
+            let mut round =
+                vec![measure_wrk(&server, &postgres_cpu, &script, concurrency, duration)?];
+            for peer in &anchors.peers {
+                round.push(measure_wrk(&peer.1, &postgres_cpu, &script, concurrency, duration)?);
+            }
+            round.push(anchors.pgbench(&postgres_cpu, concurrency, duration)?);
+            rounds_run.push(round);
         }
-        let mut ratios: Vec<f64> = pairs.iter().map(|(s, l)| s.requests_per_second / l).collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
-        let (service, limit) = pairs[pairs.len() / 2];
-        writeln!(
-            report,
-            "| {label} | {concurrency} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {limit:.0} | **{median:.2}** (pairs: {}) |",
-            service.requests_per_second,
-            service.p50_ms,
-            service.p90_ms,
-            service.p99_ms,
-            service.errors,
-            service.cpu_micros_per_request,
-            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
-        )?;
+        let names = std::iter::once("**this service**")
+            .chain(anchors.peers.iter().map(|(name, _)| *name))
+            .chain(std::iter::once(PLAIN_PGBENCH));
+        for (column, name) in names.enumerate() {
+            let mut ratios: Vec<f64> = rounds_run
+                .iter()
+                .map(|round| {
+                    round[0].run.requests_per_second / round[column].run.requests_per_second
+                })
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let Measured { run, postgres_micros } = rounds_run[rounds_run.len() / 2][column];
+            let latency = |ms: f64| {
+                if column == rounds_run[0].len() - 1 {
+                    "—".to_owned()
+                } else {
+                    format!("{ms:.2}")
+                }
+            };
+            let ratio = if column == 0 {
+                "1".to_owned()
+            } else {
+                format!(
+                    "**{median:.2}** ({})",
+                    ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+                )
+            };
+            writeln!(
+                report,
+                "| {concurrency} | {name} | {:.0} | {} | {} | {} | {} | {postgres_micros:.0} | {ratio} |",
+                run.requests_per_second,
+                latency(run.p50_ms),
+                latency(run.p99_ms),
+                run.errors,
+                if column == rounds_run[0].len() - 1 {
+                    "—".to_owned()
+                } else {
+                    format!("{:.0}", run.cpu_micros_per_request)
+                },
+            )?;
+        }
     }
-    let peak_rss = server.peak_rss_kib()?;
-    writeln!(report, "\nPostgreSQL server peak RSS: {:.1} MB", peak_rss as f64 / 1024.0)?;
+    writeln!(
+        report,
+        "\nPeak RSS: this service {:.1} MB; {}",
+        server.peak_rss_kib()? as f64 / 1024.0,
+        anchors
+            .peers
+            .iter()
+            .map(|(name, peer)| Ok(format!(
+                "{name} {:.1} MB",
+                peer.peak_rss_kib()? as f64 / 1024.0
+            )))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .join("; ")
+    )?;
+    drop(anchors);
     if options.concurrency.is_some() {
         println!("\n{report}");
         return Ok(());
@@ -203,7 +270,8 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         let service = wrk(&server, &script, 50, duration)?;
         writeln!(
             report,
-            "\n| SQLite | 50 | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | — | — |\n\nSQLite server peak RSS: {:.1} MB",
+            "\nSQLite\n\n| c | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU µs/req |\n|---|---|---|---|---|---|---|\n\
+             | 50 | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} |\n\nSQLite server peak RSS: {:.1} MB",
             service.requests_per_second,
             service.p50_ms,
             service.p90_ms,
@@ -269,37 +337,161 @@ async fn seed_and_write_script(server: &ServerProcess, dir: &Path) -> anyhow::Re
     Ok(path)
 }
 
-/// The store's statements for the four operations (as `server/src/store/postgres.rs` issues
-/// them; parameters pgbench cannot bind as arrays are written as the NULL the store binds).
+/// The limit's row: pgbench running the peer's plain statements on the plain copy.
+const PLAIN_PGBENCH: &str = "pgbench, plain SQL (the limit)";
+
+/// What the service is measured against, on the same database: the minimal peer
+/// (`tests/src/bin/peer.rs`) three ways, and pgbench running its plain SQL.
+struct Anchors {
+    peers: Vec<(&'static str, ServerProcess)>,
+    pgbench_url: String,
+    pgbench_scripts: Vec<(PathBuf, u32)>,
+}
+
+impl Anchors {
+    /// Copies the seeded tasks into a plain table (schema `peer`: no triggers, no CHECKs, no
+    /// other index), then starts the peers.
+    async fn start(database_url: &str, scratch: &Path) -> anyhow::Result<Self> {
+        let mut connection = sqlx::PgConnection::connect(database_url).await?;
+        sqlx::raw_sql(
+            "CREATE SCHEMA peer; \
+             CREATE TABLE peer.tasks (id BIGINT PRIMARY KEY, user_id TEXT NOT NULL, \
+               title TEXT NOT NULL, description TEXT, completed BOOLEAN NOT NULL, \
+               created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL); \
+             INSERT INTO peer.tasks SELECT id, user_id, title, description, completed, \
+               created_at, updated_at FROM public.tasks; \
+             CREATE INDEX ON peer.tasks (user_id, created_at, id);",
+        )
+        .execute(&mut connection)
+        .await?;
+        sqlx::raw_sql("VACUUM ANALYZE peer.tasks").execute(&mut connection).await?;
+        let binary = server_process::build_peer()?;
+        let mut peers = Vec::new();
+        for (name, connections, schema) in [
+            ("peer, one pipelined connection", "1", "peer"),
+            ("peer, pool of 10", "10", "peer"),
+            ("peer, pool of 10, on our schema", "10", "public"),
+        ] {
+            let log = scratch.join(format!("peer-{connections}-{schema}.log"));
+            let env = [("PEER_CONNECTIONS", connections), ("PEER_SCHEMA", schema)];
+            peers.push((name, ServerProcess::start_with(&binary, database_url, log, &env).await?));
+        }
+        Ok(Self {
+            peers,
+            pgbench_url: database_url.to_owned(),
+            pgbench_scripts: write_pgbench_scripts(scratch)?,
+        })
+    }
+
+    fn pgbench(
+        &self,
+        postgres_cpu: &PostgresCpu,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<Measured> {
+        let before = postgres_cpu.seconds()?;
+        let tps = pgbench(&self.pgbench_url, &self.pgbench_scripts, concurrency, duration)?;
+        let requests = tps * duration.as_secs_f64();
+        let run = ServiceRun {
+            requests,
+            requests_per_second: tps,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            errors: 0,
+            cpu_micros_per_request: 0.0,
+        };
+        let postgres_micros = (postgres_cpu.seconds()? - before) * 1e6 / requests.max(1.0);
+        Ok(Measured { run, postgres_micros })
+    }
+}
+
+/// One run, with the PostgreSQL CPU it cost per request.
+#[derive(Clone, Copy)]
+struct Measured {
+    run: ServiceRun,
+    postgres_micros: f64,
+}
+
+fn measure_wrk(
+    server: &ServerProcess,
+    postgres_cpu: &PostgresCpu,
+    script: &Path,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let before = postgres_cpu.seconds()?;
+    let run = wrk(server, script, concurrency, duration)?;
+    let postgres_micros = (postgres_cpu.seconds()? - before) * 1e6 / run.requests.max(1.0);
+    Ok(Measured { run, postgres_micros })
+}
+
+/// The CPU time of a local PostgreSQL server: its postmaster (with the children it has reaped,
+/// so backends that came and went count) and every process it runs now.
+struct PostgresCpu {
+    postmaster: u32,
+}
+
+impl PostgresCpu {
+    async fn of(database_url: &str) -> anyhow::Result<Self> {
+        let mut connection = sqlx::PgConnection::connect(database_url).await?;
+        let backend: i32 =
+            sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut connection).await?;
+        let postmaster = proc_stat(backend as u32)?[1].parse()?;
+        Ok(Self { postmaster })
+    }
+
+    fn seconds(&self) -> anyhow::Result<f64> {
+        let ticks = |fields: &[String], range: std::ops::Range<usize>| -> f64 {
+            fields[range].iter().filter_map(|field| field.parse::<f64>().ok()).sum()
+        };
+        // After the command name: 1 = ppid, 11/12 = utime/stime, 13/14 = the reaped children's.
+        let mut total = ticks(&proc_stat(self.postmaster)?, 11..15);
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(fields) = proc_stat(pid)
+                && fields[1] == self.postmaster.to_string()
+            {
+                total += ticks(&fields, 11..13);
+            }
+        }
+        Ok(total / 100.0)
+    }
+}
+
+/// `/proc/PID/stat`'s fields after the command name (which may hold spaces): 0 = state.
+fn proc_stat(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The peer's four statements on the plain copy, in the mix's proportions: no trigger, no CHECK,
+/// no change log. (pgbench binds `:u` as text, as the peer does.)
 fn write_pgbench_scripts(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
     let columns = "id, user_id, title, description, completed, created_at, updated_at";
     let pick = format!(
         "\\set u random(1, {USERS})\n\\set id (:u - 1) * {TASKS_PER_USER} + random(1, {TASKS_PER_USER})\n"
     );
+    let owned = "WHERE id = :id AND user_id = :u";
     let scripts = [
         (
             "list",
             50,
             format!(
-                "\\set u random(1, {USERS})\nSELECT {columns}, CAST(0 AS BIGINT) AS total FROM tasks \
-                 WHERE user_id = :u ORDER BY created_at ASC, id ASC;\n"
+                "\\set u random(1, {USERS})\nSELECT {columns} FROM peer.tasks \
+                 WHERE user_id = :u ORDER BY created_at, id;\n"
             ),
         ),
-        (
-            "get",
-            30,
-            format!("{pick}SELECT {columns} FROM tasks WHERE id = :id AND user_id = :u;\n"),
-        ),
+        ("get", 30, format!("{pick}SELECT {columns} FROM peer.tasks {owned};\n")),
         (
             "put",
             10,
             format!(
-                "{pick}UPDATE tasks SET title = COALESCE('renamed', title), \
-                 description = CASE WHEN false THEN NULL ELSE description END, \
-                 completed = COALESCE(NULL::boolean, completed), \
-                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
-                 WHERE id = :id AND user_id = :u \
-                 AND (NULL::timestamptz[] IS NULL OR updated_at = ANY(NULL::timestamptz[])) \
+                "{pick}UPDATE peer.tasks SET title = 'renamed', updated_at = now() {owned} \
                  RETURNING {columns};\n"
             ),
         ),
@@ -307,11 +499,8 @@ fn write_pgbench_scripts(dir: &Path) -> anyhow::Result<Vec<(PathBuf, u32)>> {
             "toggle",
             10,
             format!(
-                "{pick}UPDATE tasks SET completed = NOT completed, \
-                 updated_at = GREATEST(now(), updated_at + interval '1 microsecond') \
-                 WHERE id = :id AND user_id = :u \
-                 AND (NULL::timestamptz[] IS NULL OR updated_at = ANY(NULL::timestamptz[])) \
-                 RETURNING {columns};\n"
+                "{pick}UPDATE peer.tasks SET completed = NOT completed, updated_at = now() \
+                 {owned} RETURNING {columns};\n"
             ),
         ),
     ];
@@ -384,6 +573,7 @@ fn parse_wrk(text: &str, cpu_seconds: f64) -> anyhow::Result<ServiceRun> {
                 .sum()
         });
     Ok(ServiceRun {
+        requests,
         requests_per_second: field("Requests/sec:").context("no Requests/sec")?.parse()?,
         p50_ms: millis("50%")?,
         p90_ms: millis("90%")?,

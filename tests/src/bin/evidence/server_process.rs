@@ -22,17 +22,26 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
     build_profile("release")
 }
 
+/// Builds the minimal peer the bench compares us with (`tests/src/bin/peer.rs`), release.
+pub fn build_peer() -> anyhow::Result<PathBuf> {
+    build_binary("integration-tests", "peer", "release")
+}
+
 fn build_profile(profile: &str) -> anyhow::Result<PathBuf> {
+    build_binary("server", "server", profile)
+}
+
+fn build_binary(package: &str, binary: &str, profile: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--package", "server", "--bin", "server"])
+        .args(["build", "--quiet", "--package", package, "--bin", binary])
         .args((profile == "release").then_some("--release"))
         .current_dir(root())
         .status()?;
-    anyhow::ensure!(status.success(), "building the server failed");
+    anyhow::ensure!(status.success(), "building {binary} failed");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    Ok(target.join(profile).join("server"))
+    Ok(target.join(profile).join(binary))
 }
 
 pub struct ServerProcess {
