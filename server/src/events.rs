@@ -6,15 +6,22 @@
 //! never a change. Wake-ups come from:
 //!
 //! - this instance's own writes, at once (the only source on SQLite: one process, one file);
-//! - on PostgreSQL, `NOTIFY task_changes` from the trigger that logs every write, heard on a
-//!   direct connection (`DATABASE_LISTEN_URL`, else `DATABASE_URL`); a listener that reconnects
-//!   wakes every stream, since what was notified meanwhile is lost, and a slow safety poll
-//!   heals anything else;
+//! - on PostgreSQL, `NOTIFY task_changes` from the instance that wrote, heard on a direct
+//!   connection (`DATABASE_LISTEN_URL`, else `DATABASE_URL`); a listener that reconnects wakes
+//!   every stream, since what was notified meanwhile is lost, and a slow safety poll heals
+//!   anything else (writes made outside the service among them);
 //! - behind a transaction-mode pooler without `DATABASE_LISTEN_URL` (where `LISTEN` silently
 //!   hears nothing), a poll of the followed owners' versions twice a second instead.
 //!
 //! A poll is one query for every followed owner at once, and wakes only those whose version
 //! moved.
+//!
+//! The notification is sent after the write commits, never inside it: PostgreSQL serialises
+//! the commits of notifying transactions through their WAL flush, which halved the write
+//! throughput of a durable cluster when the change-log trigger notified (see the migration
+//! `20261202100000_notify_after_commit.sql`). Each instance has one announcer that sends the
+//! owners its writes changed, one statement at a time; what commits while one is in flight
+//! goes, deduplicated, in the next.
 
 use std::{
     collections::HashMap,
@@ -32,6 +39,11 @@ pub const POLL_PERIOD: Duration = Duration::from_millis(500);
 /// How often they are polled besides `LISTEN`, against anything lost without a reconnect (and a
 /// `LISTEN` that goes through a pooler nobody said was one).
 pub const SAFETY_POLL_PERIOD: Duration = Duration::from_secs(10);
+/// Owners waiting for the announcer; past this many a change is not announced (the other
+/// instances' safety poll finds it).
+const ANNOUNCE_QUEUE: usize = 4096;
+/// At most this many owners in one announcement.
+const ANNOUNCE_BATCH: usize = 256;
 
 /// How this instance learns of other instances' writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +89,8 @@ fn is_neon_pooler(database_url: &str) -> bool {
 pub struct Hub {
     owners: Mutex<HashMap<String, Followed>>,
     streams_per_owner: usize,
+    /// Where this instance's own writes are announced to the others, when they listen.
+    announcer: std::sync::OnceLock<mpsc::Sender<String>>,
 }
 
 #[derive(Debug)]
@@ -98,7 +112,11 @@ pub struct Follow {
 
 impl Hub {
     pub fn new(streams_per_owner: usize) -> Arc<Self> {
-        Arc::new(Self { owners: Mutex::default(), streams_per_owner })
+        Arc::new(Self {
+            owners: Mutex::default(),
+            streams_per_owner,
+            announcer: std::sync::OnceLock::new(),
+        })
     }
 
     /// Follows `owner`'s log from now on; `None` when they hold the most streams already.
@@ -126,6 +144,16 @@ impl Hub {
         let owners = self.owners.lock().unwrap_or_else(|poison| poison.into_inner());
         if let Some(followed) = owners.get(owner) {
             followed.wake.send_replace(());
+        }
+    }
+
+    /// This instance committed a write of `owner`'s: wakes the streams here at once and
+    /// announces it to the other instances.
+    pub fn committed(&self, owner: &str) {
+        self.wake(owner);
+        if let Some(announcer) = self.announcer.get() {
+            // Full: the announcer is far behind; the others' safety poll finds this change.
+            let _ = announcer.try_send(owner.to_owned());
         }
     }
 
@@ -167,6 +195,14 @@ impl Hub {
 
     /// Starts learning of other instances' writes from `source`, for the life of the process.
     pub fn spawn(self: &Arc<Self>, store: Arc<dyn TaskStore>, source: Source) {
+        // Announced whether or not this instance can listen itself: another one may (one
+        // behind a pooler, another with `DATABASE_LISTEN_URL`), and `NOTIFY` passes poolers.
+        if source != Source::Local {
+            let (changed, announced) = mpsc::channel(ANNOUNCE_QUEUE);
+            if self.announcer.set(changed).is_ok() {
+                tokio::spawn(announce(store.clone(), announced));
+            }
+        }
         match source {
             Source::Local => {}
             Source::Poll => {
@@ -200,6 +236,20 @@ impl Hub {
             ticks.tick().await;
             self.poll(&*store).await;
         }
+    }
+}
+
+/// Sends the owners this instance's writes changed, one statement at a time: what commits
+/// while one is in flight goes, deduplicated, in the next.
+async fn announce(store: Arc<dyn TaskStore>, mut changed: mpsc::Receiver<String>) {
+    let mut owners = Vec::with_capacity(ANNOUNCE_BATCH);
+    while changed.recv_many(&mut owners, ANNOUNCE_BATCH).await > 0 {
+        owners.sort_unstable();
+        owners.dedup();
+        if let Err(err) = store.announce(&owners).await {
+            tracing::warn!(error = %err, "could not announce changes to the other instances");
+        }
+        owners.clear();
     }
 }
 

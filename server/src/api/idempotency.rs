@@ -73,7 +73,7 @@ impl Woken {
     }
 
     fn wake(self) {
-        self.events.wake(&self.owner);
+        self.events.committed(&self.owner);
     }
 }
 

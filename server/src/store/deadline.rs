@@ -55,6 +55,10 @@ impl TaskStore for Deadline {
         bounded(self.limit, self.inner.versions(owners)).await
     }
 
+    async fn announce(&self, owners: &[String]) -> StoreResult<()> {
+        bounded(self.limit, self.inner.announce(owners)).await
+    }
+
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         let inner = bounded(self.limit, self.inner.writes(owner)).await?;
         Ok(Box::new(BoundedWrites { inner, limit: self.limit }))

@@ -328,6 +328,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The current version of each of `owners` that has ever written (the others are left
     /// out), in any order: how a live stream learns that its owner's log has moved.
     async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>>;
+    /// Tells every instance listening that `owners`' logs have moved (PostgreSQL: one
+    /// `NOTIFY` each, outside any write: see `crate::events`).
+    async fn announce(&self, owners: &[String]) -> StoreResult<()>;
     /// Writes as `owner`, on one connection; committed by [`Writes::commit`], rolled back when
     /// dropped.
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>>;

@@ -271,6 +271,19 @@ impl TaskStore for PostgresStore {
         .await
     }
 
+    async fn announce(&self, owners: &[String]) -> StoreResult<()> {
+        self.call(async |db| {
+            sqlx::query("SELECT pg_notify($1, owner) FROM unnest($2::text[]) AS owner")
+                .bind(CHANGES_CHANNEL)
+                .bind(owners)
+                .persistent(self.prepared)
+                .execute(db)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         // Without prepared statements each statement must run in a transaction (see above).
         let db = if self.prepared {
@@ -563,8 +576,8 @@ async fn get(
     .await
 }
 
-/// The channel that the change-log trigger notifies, with the owner as payload (see the
-/// migration `20261202000000_change_notify.sql`).
+/// The channel that [`TaskStore::announce`] notifies, with the owner as payload (see the
+/// migration `20261202100000_notify_after_commit.sql`).
 const CHANGES_CHANNEL: &str = "task_changes";
 
 /// How long one attempt to connect the listener may take.

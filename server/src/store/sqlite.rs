@@ -259,6 +259,11 @@ impl TaskStore for SqliteStore {
         assemble_feed(owner, since, limit, rows, timestamp)
     }
 
+    /// One process, one file: its streams were woken in memory, nobody else is listening.
+    async fn announce(&self, _owners: &[String]) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn versions(&self, owners: &[String]) -> StoreResult<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
             "SELECT user_id, version FROM task_counts \
