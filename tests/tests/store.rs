@@ -26,6 +26,7 @@ on_every_database!(
     every_write_advances_the_owners_version_and_the_feed_follows_it,
     purging_moves_the_watermark_past_the_deletions_it_drops,
     a_keyed_write_is_kept_with_its_key_or_not_at_all,
+    one_connection_serves_calls_writes_and_transactions_in_turn,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
@@ -468,4 +469,42 @@ async fn a_keyed_write_is_kept_with_its_key_or_not_at_all(backend: Backend) {
     let Claim::First(writes) = store.claim("someone else", &key).await.unwrap() else { panic!() };
     drop(writes);
     assert_eq!(store.get("u", task.id).await.unwrap().map(|t| t.title), Some("kept".into()));
+}
+
+/// A pool of one connection: the connection a finished call keeps warm for the next one must
+/// still reach a transaction, a write session and calls that all wait at once (nobody may wait
+/// for a connection that sits idle; the PostgreSQL store's `warm` module).
+async fn one_connection_serves_calls_writes_and_transactions_in_turn(backend: Backend) {
+    let database = Database::fresh(backend).await;
+    let options = ConnectOptions {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        ..backend.connect_options()
+    };
+    let store = store::connect(&database.url, &options).await.unwrap();
+    let task = store.create("u", &new_task("first")).await.unwrap();
+    assert!(store.get("u", task.id).await.unwrap().is_some());
+    // A transaction right after calls that finished: their connection is warm.
+    let key = IdempotencyKey { key: "k1".into(), fingerprint: vec![1; 32] };
+    let Claim::First(mut writes) = store.claim("u", &key).await.unwrap() else { panic!() };
+    writes.create(&new_task("keyed")).await.unwrap();
+    writes.commit(Some(b"kept")).await.unwrap();
+    store.purge().await.unwrap();
+    // Calls, write sessions and a transaction, all waiting for the one connection at once.
+    let everything = ListQuery::default();
+    let lists = (0..8).map(|_| store.list("u", &everything));
+    let toggles = (0..4).map(|_| store.toggle_completed("u", task.id, ANY));
+    let claim = async {
+        let key = IdempotencyKey { key: "k2".into(), fingerprint: vec![2; 32] };
+        let Claim::First(writes) = store.claim("u", &key).await.unwrap() else { panic!() };
+        drop(writes);
+    };
+    let (lists, toggles, ()) =
+        tokio::join!(futures::future::join_all(lists), futures::future::join_all(toggles), claim);
+    for page in lists {
+        assert_eq!(page.unwrap().tasks.len(), 2);
+    }
+    for toggled in toggles {
+        assert!(matches!(toggled.unwrap(), Written::Done(_)), "every toggle found its task");
+    }
 }

@@ -5,6 +5,7 @@
 mod deadline;
 mod postgres;
 mod sqlite;
+mod warm;
 
 use std::{sync::Arc, time::Duration};
 
@@ -588,6 +589,8 @@ fn kept_claim(kept: Option<(Vec<u8>, Vec<u8>)>, key: &IdempotencyKey) -> Option<
 /// own), or a transaction on one.
 enum Connection<DB: sqlx::Database> {
     Pooled(sqlx::pool::PoolConnection<DB>),
+    /// Kept warm for the next call when the writes commit (PostgreSQL, see [`warm`]).
+    Warm(warm::Lease<DB>),
     Transaction(sqlx::Transaction<'static, DB>),
 }
 
@@ -595,6 +598,7 @@ impl<DB: sqlx::Database> Connection<DB> {
     fn get(&mut self) -> &mut DB::Connection {
         match self {
             Connection::Pooled(connection) => connection,
+            Connection::Warm(connection) => connection,
             Connection::Transaction(transaction) => transaction,
         }
     }

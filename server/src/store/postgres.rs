@@ -9,7 +9,7 @@
 //! pooler may otherwise send to two different server connections. Nothing outlives the
 //! transaction. Migrations always work that way (see [`migrate`]).
 
-use std::{str::FromStr, time::Instant};
+use std::{str::FromStr, sync::Arc, time::Instant};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -26,7 +26,7 @@ use super::{
     ListQuery, NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention,
     StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed,
     by_id_statement, count_statement, ids_statement, into_page, kept_claim, list_statement,
-    push_like_search, task_columns, wait_until_reachable, written,
+    push_like_search, task_columns, wait_until_reachable, warm::WarmPool, written,
 };
 
 impl Dialect for Postgres {
@@ -61,7 +61,7 @@ impl Dialect for Postgres {
 }
 
 pub struct PostgresStore {
-    pool: PgPool,
+    pool: Arc<WarmPool<Postgres>>,
     /// Named prepared statements may be used (`DATABASE_STATEMENT_CACHE` is not 0).
     prepared: bool,
     retention: Retention,
@@ -97,7 +97,7 @@ impl PostgresStore {
 
         migrate(&pool).await.context("applying PostgreSQL migrations failed")?;
         Ok(Self {
-            pool,
+            pool: WarmPool::new(pool, options.max_connections, options.acquire_timeout),
             prepared: options.statement_cache_capacity > 0,
             retention: options.retention,
             max_tasks_per_user: options.max_tasks_per_user,
@@ -112,7 +112,9 @@ impl PostgresStore {
     ) -> StoreResult<T> {
         if self.prepared {
             let mut connection = self.pool.acquire().await?;
-            Ok(work(&mut connection).await?)
+            let output = work(&mut connection).await?;
+            connection.finish();
+            Ok(output)
         } else {
             let mut transaction = self.pool.begin().await?;
             let output = work(&mut transaction).await?;
@@ -287,7 +289,7 @@ impl TaskStore for PostgresStore {
     async fn writes(&self, owner: &str) -> StoreResult<Box<dyn Writes>> {
         // Without prepared statements each statement must run in a transaction (see above).
         let db = if self.prepared {
-            Connection::Pooled(self.pool.acquire().await?)
+            Connection::Warm(self.pool.acquire().await?)
         } else {
             Connection::Transaction(self.pool.begin().await?)
         };
@@ -392,7 +394,8 @@ impl TaskStore for PostgresStore {
     }
 
     fn pool_status(&self) -> PoolStatus {
-        PoolStatus { size: self.pool.size(), idle: self.pool.num_idle() }
+        let (size, idle) = self.pool.status();
+        PoolStatus { size, idle }
     }
 }
 
@@ -528,7 +531,14 @@ impl Writes for PgWrites {
 
     async fn commit(self: Box<Self>, kept: Option<&[u8]>) -> StoreResult<()> {
         let PgWrites { db, owner, prepared, key, .. } = *self;
-        let Connection::Transaction(mut transaction) = db else { return Ok(()) };
+        let mut transaction = match db {
+            Connection::Transaction(transaction) => transaction,
+            Connection::Warm(connection) => {
+                connection.finish();
+                return Ok(());
+            }
+            Connection::Pooled(_) => return Ok(()),
+        };
         if let Some((key, ttl)) = key {
             let response = kept.ok_or_else(|| anyhow::anyhow!("a keyed write kept no response"))?;
             // An expired key not purged yet is replaced; a live one means another request
