@@ -5,6 +5,9 @@
 //! reproduces that race against the old migration, shows that the recount migration repairs
 //! it, and that the recount itself cannot be raced: a concurrent insert waits for it.
 //! (SQLite's migrations hold its one write lock from their first statement: no such race.)
+//!
+//! And the move of the change feed's index out of `tasks`: the feed still finds every task
+//! written before it, and a write that changes no indexed column becomes heap-only.
 
 use std::time::Duration;
 
@@ -113,4 +116,65 @@ async fn the_recount_is_exact_while_another_instance_writes() {
     let lock = "LOCK TABLE tasks IN SHARE ROW EXCLUSIVE MODE;";
     assert!(sql.contains(lock));
     assert_eq!(recount_racing_a_writer(sql.replace(lock, "")).await, (2, 3), "unlocked");
+}
+
+/// Whether one toggle of task `id` is a HOT (heap-only) update: PostgreSQL's own count of the
+/// transaction's updates, read before it ends (on a new connection: its counts are this
+/// transaction's alone, none from earlier ones waiting to be reported).
+async fn toggle_is_heap_only(url: &str, id: i64) -> bool {
+    let db = &mut PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut *db).await.unwrap();
+    sqlx::query("UPDATE tasks SET completed = NOT completed WHERE id = $1")
+        .bind(id)
+        .execute(&mut *db)
+        .await
+        .unwrap();
+    let (updated, heap_only): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'tasks'",
+    )
+    .fetch_one(&mut *db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut *db).await.unwrap();
+    assert_eq!(updated, 1);
+    heap_only == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_feed_index_moves_a_toggle_is_heap_only_and_the_feed_finds_every_task() {
+    let database = Database::fresh(Backend::Postgres).await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    let all = sqlx::migrate!("../migrations/postgres");
+    let moved = all.migrations.iter().position(|m| m.description.contains("hot updates")).unwrap();
+    migrate_to(&pool, moved).await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO tasks (user_id, title) SELECT 'u', 'task ' || n FROM generate_series(1, 3) AS n \
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // Before: the version stamp changes an indexed column, so every write touches every index.
+    assert!(!toggle_is_heap_only(&database.url, ids[0]).await);
+
+    let store =
+        server::store::connect(&database.url, &Backend::Postgres.connect_options()).await.unwrap();
+    assert!(toggle_is_heap_only(&database.url, ids[1]).await, "a toggle touches no index any more");
+
+    // The feed reads every task, with the version of its last write, in the order written.
+    let server::store::Feed::Changes(batch) = store.changes("u", Some(0), 100).await.unwrap()
+    else {
+        panic!("a cursor of 0 is never gone")
+    };
+    let written: Vec<(i64, i64)> = batch
+        .changes
+        .iter()
+        .zip(&batch.versions)
+        .map(|(change, version)| match change {
+            server::store::Change::Upsert(task) => (task.id, *version),
+            server::store::Change::Delete { id } => panic!("nothing was deleted, yet {id} was"),
+        })
+        .collect();
+    assert_eq!(written, [(ids[2], 3), (ids[0], 4), (ids[1], 5)]);
+    assert_eq!(batch.cursor, 5);
 }

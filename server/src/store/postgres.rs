@@ -190,14 +190,16 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The change log after `$2` (tombstones only when `$3`), at most `$4` rows, with the owner's
 /// version and purge watermark on every row: one statement, so one snapshot, in which every
-/// version up to the owner's current one is visible (see the migration).
+/// version up to the owner's current one is visible (see the migration). Live tasks are found
+/// through `task_versions`, the feed's index kept out of `tasks` (`20261202200000_hot_updates.sql`).
 const FEED: &str = "WITH owner AS ( \
         SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
         FROM task_counts WHERE user_id = $1 \
     ), changed AS ( \
-        (SELECT version, id, title, description, completed, priority, due_at, tags, \
+        (SELECT logged.version, id, title, description, completed, priority, due_at, tags, \
              created_at, updated_at \
-         FROM tasks WHERE user_id = $1 AND version > $2 ORDER BY version LIMIT $4) \
+         FROM task_versions AS logged JOIN tasks ON tasks.id = logged.task_id \
+         WHERE logged.user_id = $1 AND logged.version > $2 ORDER BY logged.version LIMIT $4) \
         UNION ALL \
         (SELECT version, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
          FROM task_tombstones WHERE user_id = $1 AND version > $2 AND $3 ORDER BY version LIMIT $4) \
