@@ -29,29 +29,29 @@ pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<R
                     .expect("a UUID is a valid header value")
             },
         );
-    let span = tracing::info_span!(
-        "request",
-        id = request_id.to_str().unwrap_or_default(),
-        method = %req.method(),
-        path = req.uri().path(),
-    );
+    let id = request_id.to_str().unwrap_or_default();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let span = tracing::info_span!("request", id, method = %method, path = uri.path());
     let started = Instant::now();
-    let mut response = match next.call(req).instrument(span.clone()).await {
+    let mut response = match next.call(req).instrument(span).await {
         Ok(response) => response.into_response(),
         Err(err) => err.into_response(),
     };
-    response.headers_mut().insert(REQUEST_ID, request_id);
     let elapsed = started.elapsed();
     let operation = response.data::<OperationId>().map_or("none", |operation| operation.0);
     crate::metrics::request(operation, response.status(), elapsed);
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            operation,
-            micros = elapsed.as_micros() as u64,
-            "response"
-        );
-    });
+    // Outside the span, with its fields of its own: the JSON formatter would otherwise parse
+    // the span's fields back from their JSON text to print them on this line, once per request.
+    tracing::info!(
+        id,
+        method = %method,
+        path = uri.path(),
+        status = response.status().as_u16(),
+        operation,
+        micros = elapsed.as_micros() as u64,
+        "response"
+    );
+    response.headers_mut().insert(REQUEST_ID, request_id);
     Ok(response)
 }
 
