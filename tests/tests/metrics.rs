@@ -95,14 +95,12 @@ async fn metrics_count_what_happened() {
         .send()
         .await
         .unwrap();
-    client.delete_task().id(task.id).send().await.unwrap();
+    // The feed keeps each task's latest change only: deleting before the upsert went out
+    // would leave one tombstone to send, so the delete waits until the upsert was read.
     let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("event: delete") {
-        let mut buffer = [0u8; 4096];
-        let read = stream.read(&mut buffer).await.unwrap();
-        assert!(read > 0, "the stream closed");
-        seen.extend_from_slice(&buffer[..read]);
-    }
+    read_until(&mut stream, &mut seen, "event: upsert").await;
+    client.delete_task().id(task.id).send().await.unwrap();
+    read_until(&mut stream, &mut seen, "event: delete").await;
     let open = scrape(&server).await;
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&open, name, labels) - value(&before, name, labels)
@@ -152,6 +150,16 @@ async fn metrics_count_what_happened() {
     let off = TestServer::start(Backend::Sqlite).await;
     let response = off.raw().request(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+/// Reads `stream` into `seen` until `seen` holds `marker`.
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut Vec<u8>, marker: &str) {
+    while !String::from_utf8_lossy(seen).contains(marker) {
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the stream closed");
+        seen.extend_from_slice(&buffer[..read]);
+    }
 }
 
 /// `user`'s event stream on a plain connection (closed when dropped, as a browser tab does).
