@@ -1,0 +1,13 @@
+-- Searches that cost the same right after a burst of creates: a small pending list for the
+-- trigram GIN index.
+--
+-- GIN's fast update puts new entries in an unsorted pending list, merged into the index when
+-- the list outgrows `gin_pending_list_limit` (4 MB by default) or at a vacuum. Every search
+-- reads that whole list: after 10,000 creates the `search=` of a 10,000-task user took 7-9 ms
+-- in the index scan alone (0.2 ms with the list merged), and the planner, counting the list's
+-- pages, turned to walking all of the owner's rows instead (`cargo xtask bench`: 21x a small
+-- user's page). 64 kB keeps the list to a few pages (a scan 0.17-0.26 ms measured) and still
+-- merges in batches: pgbench, creates only, c = 10, durable cluster: ~325 us of PostgreSQL
+-- CPU per create with 4 MB, 360-405 with 64 kB, 475-495 with fast update off.
+-- (The list already pending is merged by the first create that finds it over the limit.)
+ALTER INDEX tasks_user_search_idx SET (gin_pending_list_limit = 64);
