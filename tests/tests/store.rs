@@ -508,3 +508,22 @@ async fn one_connection_serves_calls_writes_and_transactions_in_turn(backend: Ba
         assert!(matches!(toggled.unwrap(), Written::Done(_)), "every toggle found its task");
     }
 }
+
+/// SQLite's write-ahead log stays bounded under plain writes (no key, so no explicit
+/// transaction): each write's statement runs to its end, where SQLite's automatic checkpoint
+/// runs (see `store/sqlite.rs`). Before, every create, toggle and update grew the log for good.
+#[tokio::test]
+async fn sqlite_write_ahead_log_stays_bounded_under_plain_writes() {
+    let (store, database) = open(Backend::Sqlite).await;
+    let task = store.create("u", &new_task("first")).await.unwrap();
+    for n in 0..600 {
+        store.create("u", &new_task(&format!("task {n}"))).await.unwrap();
+        store.toggle_completed("u", task.id, ANY).await.unwrap();
+        let patch = TaskPatch { title: Some(format!("renamed {n}")), ..TaskPatch::default() };
+        store.update("u", task.id, &patch, ANY).await.unwrap();
+    }
+    let wal = format!("{}-wal", database.url.trim_start_matches("sqlite://"));
+    let size = std::fs::metadata(&wal).unwrap().len();
+    // The checkpoint restarts the log once it passes 1,000 pages (4 MB at 4 kB a page).
+    assert!(size < 8 << 20, "the write-ahead log holds {size} bytes after 1,801 writes");
+}
