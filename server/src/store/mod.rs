@@ -755,11 +755,13 @@ where
 {
     /// ` AND ` the title or the description contains `search`, in any letter case.
     fn push_search(sql: &mut QueryBuilder<Self>, search: &str);
-    /// How a listing (`counting`: its filtered count) names the owner column, which steers the
-    /// planner: `user_id` walks the owner's index; SQLite's `+user_id` (the same column, no
-    /// index) looks the rows a tag or search index found up by id instead.
-    fn owner_column(_filter: &Filter, _counting: bool) -> &'static str {
-        "user_id"
+    /// The condition that keeps a listing (`counting`: its filtered count) to `owner`'s tasks.
+    /// How it is written steers the planner: `user_id = owner` lets it walk the owner's indexes;
+    /// the dialects write it otherwise where the rows a search or tag index finds are the
+    /// cheaper start.
+    fn push_owner(sql: &mut QueryBuilder<Self>, owner: &str, _filter: &Filter, _counting: bool) {
+        sql.push("user_id = ");
+        Self::bind_text(sql, owner);
     }
     /// ` AND ` the task carries `tag`: the owner's tasks the tag's rows in `task_tags` name.
     fn push_tag(sql: &mut QueryBuilder<Self>, owner: &str, tag: &str) {
@@ -788,9 +790,8 @@ where
         // A whole list's total is its length.
         sql.push("CAST(0 AS BIGINT)");
     }
-    sql.push(" AS total FROM tasks WHERE ").push(DB::owner_column(&query.filter, false));
-    sql.push(" = ");
-    DB::bind_text(&mut sql, owner);
+    sql.push(" AS total FROM tasks WHERE ");
+    DB::push_owner(&mut sql, owner, &query.filter, false);
     push_filter(&mut sql, owner, &query.filter);
     if let Some(after) = &query.after {
         push_after(&mut sql, query.sort, query.order, after);
@@ -864,9 +865,8 @@ where
         DB::bind_text(sql, tag);
         sql.push(")");
     } else {
-        sql.push("(SELECT count(*) FROM tasks WHERE ").push(DB::owner_column(filter, true));
-        sql.push(" = ");
-        DB::bind_text(sql, owner);
+        sql.push("(SELECT count(*) FROM tasks WHERE ");
+        DB::push_owner(sql, owner, filter, true);
         push_filter(sql, owner, filter);
         sql.push(")");
     }
