@@ -24,6 +24,7 @@ on_every_database!(
     paged_totals_follow_every_kind_of_write,
     upgrading_counts_the_tasks_already_there,
     every_write_advances_the_owners_version_and_the_feed_follows_it,
+    a_change_that_commits_late_is_never_skipped,
     purging_moves_the_watermark_past_the_deletions_it_drops,
     a_keyed_write_is_kept_with_its_key_or_not_at_all,
     one_connection_serves_calls_writes_and_transactions_in_turn,
@@ -414,6 +415,37 @@ async fn every_write_advances_the_owners_version_and_the_feed_follows_it(backend
     let nobody = batch(store.changes("nobody", None, 100).await.unwrap());
     assert_eq!((nobody.changes.len(), nobody.cursor), (0, 0));
     assert_eq!(store.changes("nobody", Some(1), 100).await.unwrap(), Feed::Gone);
+}
+
+/// The interleaving that breaks a feed numbered by a global sequence: a transaction takes its
+/// number, a later one commits first, a reader moves past the later number, and the earlier one
+/// commits behind the reader's cursor, never to be seen. Here one owner's writes wait for each
+/// other (the owner's row in `task_counts`, or SQLite's single writer), so a version is taken
+/// only once the write before it has committed: the reader sees nothing between, then both.
+async fn a_change_that_commits_late_is_never_skipped(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    store.create("u", &new_task("first")).await.unwrap();
+    let start = batch(store.changes("u", None, 100).await.unwrap()).cursor;
+    let key = IdempotencyKey { key: "slow".into(), fingerprint: vec![1; 32] };
+    let Claim::First(mut slow) = store.claim("u", &key).await.unwrap() else { panic!() };
+    let slow_task = slow.create(&new_task("slow")).await.unwrap();
+    let quick = tokio::spawn({
+        let store = store.clone();
+        async move { store.create("u", &new_task("quick")).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = batch(store.changes("u", Some(start), 100).await.unwrap());
+    assert_eq!(ops(&between), [], "nothing has committed yet");
+    slow.commit(Some(b"the response")).await.unwrap();
+    let quick_task = quick.await.unwrap();
+    let after = batch(store.changes("u", Some(between.cursor), 100).await.unwrap());
+    assert_eq!(
+        ops(&after),
+        [
+            ("upsert", slow_task.id, "slow".to_owned()),
+            ("upsert", quick_task.id, "quick".to_owned())
+        ]
+    );
 }
 
 async fn purging_moves_the_watermark_past_the_deletions_it_drops(backend: Backend) {
