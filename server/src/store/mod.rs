@@ -763,17 +763,31 @@ where
         sql.push("user_id = ");
         Self::bind_text(sql, owner);
     }
-    /// ` AND ` the task carries `tag`: the owner's tasks the tag's rows in `task_tags` name.
-    fn push_tag(sql: &mut QueryBuilder<Self>, owner: &str, tag: &str) {
-        sql.push(" AND id IN (SELECT task_id FROM task_tags WHERE user_id = ");
-        Self::bind_text(sql, owner);
-        sql.push(" AND tag = ");
-        Self::bind_text(sql, tag);
-        sql.push(")");
-    }
+    /// ` AND ` the task carries `tag` (one of `filter`'s; `counting`: in its filtered count).
+    fn push_tag(
+        sql: &mut QueryBuilder<Self>,
+        owner: &str,
+        tag: &str,
+        filter: &Filter,
+        counting: bool,
+    );
+    /// What a statement filtered by `filter` needs before its `SELECT` (a `WITH …` of rows
+    /// that both its count and its page read).
+    fn push_with(_sql: &mut QueryBuilder<Self>, _filter: &Filter) {}
     fn bind_text(sql: &mut QueryBuilder<Self>, value: &str);
     fn bind_int(sql: &mut QueryBuilder<Self>, value: i64);
     fn bind_time(sql: &mut QueryBuilder<Self>, value: DateTime<Utc>);
+}
+
+/// A statement filtered by `filter`, up to its `SELECT `.
+fn select<DB: Dialect>(filter: &Filter) -> QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+{
+    let mut sql = QueryBuilder::new("");
+    DB::push_with(&mut sql, filter);
+    sql.push("SELECT ");
+    sql
 }
 
 /// The full listing statement: the owner's tasks matching the filter, after the cursor, in
@@ -782,7 +796,7 @@ fn list_statement<DB: Dialect>(owner: &str, query: &ListQuery) -> QueryBuilder<D
 where
     DB::Arguments: Default,
 {
-    let mut sql = QueryBuilder::new("SELECT ");
+    let mut sql = select(&query.filter);
     sql.push(TASK_COLUMNS).push(", ");
     if query.is_paged() {
         push_count(&mut sql, owner, &query.filter);
@@ -792,7 +806,7 @@ where
     }
     sql.push(" AS total FROM tasks WHERE ");
     DB::push_owner(&mut sql, owner, &query.filter, false);
-    push_filter(&mut sql, owner, &query.filter);
+    push_filter(&mut sql, owner, &query.filter, false);
     if let Some(after) = &query.after {
         push_after(&mut sql, query.sort, query.order, after);
     }
@@ -811,9 +825,10 @@ fn ids_statement<DB: Dialect>(owner: &str, query: &ListQuery) -> QueryBuilder<DB
 where
     DB::Arguments: Default,
 {
-    let mut sql = QueryBuilder::new("SELECT id FROM tasks WHERE user_id = ");
+    let mut sql = select(&query.filter);
+    sql.push("id FROM tasks WHERE user_id = ");
     DB::bind_text(&mut sql, owner);
-    push_filter(&mut sql, owner, &query.filter);
+    push_filter(&mut sql, owner, &query.filter, false);
     sql.push(order_by(query.sort, query.order));
     sql
 }
@@ -824,10 +839,10 @@ fn by_id_statement<DB: Dialect>(owner: &str, filter: &Filter) -> QueryBuilder<DB
 where
     DB::Arguments: Default,
 {
-    let mut sql = QueryBuilder::new("SELECT ");
+    let mut sql = select(filter);
     sql.push(TASK_COLUMNS).push(" FROM tasks WHERE user_id = ");
     DB::bind_text(&mut sql, owner);
-    push_filter(&mut sql, owner, filter);
+    push_filter(&mut sql, owner, filter, false);
     sql
 }
 
@@ -836,7 +851,7 @@ fn count_statement<DB: Dialect>(owner: &str, filter: &Filter) -> QueryBuilder<DB
 where
     DB::Arguments: Default,
 {
-    let mut sql = QueryBuilder::new("SELECT ");
+    let mut sql = select(filter);
     push_count(&mut sql, owner, filter);
     sql
 }
@@ -867,14 +882,19 @@ where
     } else {
         sql.push("(SELECT count(*) FROM tasks WHERE ");
         DB::push_owner(sql, owner, filter, true);
-        push_filter(sql, owner, filter);
+        push_filter(sql, owner, filter, true);
         sql.push(")");
     }
 }
 
-/// The filter's conditions, each ` AND …`, after `WHERE user_id = owner`.
-fn push_filter<DB: Dialect>(sql: &mut QueryBuilder<DB>, owner: &str, filter: &Filter)
-where
+/// The filter's conditions, each ` AND …`, after `WHERE user_id = owner` (`counting`: in the
+/// filtered count's subquery).
+fn push_filter<DB: Dialect>(
+    sql: &mut QueryBuilder<DB>,
+    owner: &str,
+    filter: &Filter,
+    counting: bool,
+) where
     DB::Arguments: Default,
 {
     sql.push(match filter.status {
@@ -894,7 +914,7 @@ where
         sql.push(")");
     }
     for tag in &filter.tags {
-        DB::push_tag(sql, owner, tag);
+        DB::push_tag(sql, owner, tag, filter, counting);
     }
     if let Some(at) = filter.due_after {
         sql.push(" AND due_at >= ");
