@@ -9,6 +9,8 @@
 //! - `unavailable_responses_total` (503s) by `cause` (`database`, `key_set`);
 //! - `db_pool_connections` and `db_pool_idle_connections`, read at each scrape;
 //! - `jwks_fetches_total` by `outcome` (`ok`, `error`);
+//! - `health_database_checks_total` by `outcome` (`ok`, `unreachable`): the database queries the
+//!   health probes cost (at most about one a second however many probes arrive);
 //! - `refused_connections_total` by `reason` (`address_cap`, `http2`, `write_timeout`: a client that stopped reading);
 //! - `event_streams_open` (live event streams now) and `events_sent_total` by `event`
 //!   (`upsert`, `delete`, `resync`).
@@ -107,6 +109,12 @@ pub fn unavailable(cause: &'static str) {
 pub fn jwks_fetch(succeeded: bool) {
     let outcome = if succeeded { "ok" } else { "error" };
     ::metrics::counter!("jwks_fetches_total", "outcome" => outcome).increment(1);
+}
+
+/// A database check made for the health probes (the others in its second reuse its answer).
+pub fn health_database_check(reachable: bool) {
+    let outcome = if reachable { "ok" } else { "unreachable" };
+    ::metrics::counter!("health_database_checks_total", "outcome" => outcome).increment(1);
 }
 
 /// A connection closed by a limit: `address_cap` (its address had `MAX_CONNECTIONS_PER_ADDRESS`

@@ -274,42 +274,6 @@ async fn one_user_holds_at_most_the_cap(backend: Backend) {
         .unwrap();
 }
 
-/// `/health` and `/health/ready` answer from a result at most a second old: a flood of probes
-/// costs about one database query a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_health_probes_costs_one_query_a_second() {
-    let server = TestServer::start(Backend::Postgres).await;
-    let database = server.database_url.rsplit('/').next().unwrap().to_owned();
-    let admin = integration_tests::postgres::with_database(&server.database_url, "postgres");
-    let commits = async || -> i64 {
-        // Statistics reach the view at most a second after a transaction ends.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-        let query = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1";
-        sqlx::query_scalar(query).bind(&database).fetch_one(&mut db).await.unwrap()
-    };
-    let before = commits().await;
-    let started = Instant::now();
-    let http = client_sdk::http_client_builder().build().unwrap();
-    let mut probes = 0;
-    while started.elapsed() < Duration::from_secs(2) {
-        let flood = (0..50).map(|i| {
-            let path = if i % 2 == 0 { "/health" } else { "/health/ready" };
-            http.get(server.url(path)).send()
-        });
-        for response in futures::future::join_all(flood).await {
-            assert_eq!(response.unwrap().status(), StatusCode::OK);
-            probes += 1;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64().ceil() as i64;
-    let queries = commits().await - before;
-    assert!(
-        queries <= seconds + 2,
-        "{probes} probes in {seconds} s cost {queries} database transactions"
-    );
-}
-
 /// A list without `limit` of more than 500 tasks is streamed in chunks: the same array, in the
 /// same order, with the same total, as a walk of pages would give.
 async fn a_long_list_without_limit_streams_whole_and_in_order(backend: Backend) {

@@ -1,6 +1,7 @@
 //! `/metrics`, scraped and parsed as Prometheus would (`prometheus-parse`), before and after
-//! known traffic: the counters move by exactly what was sent, and the gauges follow what is open. (One test in its own binary: the
-//! recorder is per process, so nothing else may count here meanwhile.)
+//! known traffic: the counters move by exactly what was sent, and the gauges follow what is open.
+//! (The recorder is per process, so the tests of this binary take turns: nothing else may count
+//! while one of them does.)
 
 use base64::Engine as _;
 use integration_tests::{Backend, Options, TestServer};
@@ -31,8 +32,12 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Held by each test for its whole run.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server =
         TestServer::start_with(Backend::Sqlite, Options { metrics: true, ..Options::default() })
             .await;
@@ -150,6 +155,47 @@ async fn metrics_count_what_happened() {
     let off = TestServer::start(Backend::Sqlite).await;
     let response = off.raw().request(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+/// Finding 7 of the hostile-clients review: a flood of unauthenticated health probes, half of
+/// them readiness probes, costs about one database check a second (counted where the check is
+/// made), not one per probe; task requests meanwhile are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_health_probes_costs_one_database_check_a_second() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let server =
+            TestServer::start_with(backend, Options { metrics: true, ..Options::default() }).await;
+        let checks = async || {
+            value(&scrape(&server).await, "health_database_checks_total", &[("outcome", "ok")])
+        };
+        let before = checks().await;
+        let client = server.client("prober-victim");
+        let http = client_sdk::http_client_builder().build().unwrap();
+        let started = std::time::Instant::now();
+        let mut probes = 0;
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            let flood = (0..50).map(|i| {
+                let path = if i % 2 == 0 { "/health" } else { "/health/ready" };
+                http.get(server.url(path)).send()
+            });
+            let (answers, listed) =
+                tokio::join!(futures::future::join_all(flood), client.list_tasks().send());
+            for response in answers {
+                assert_eq!(response.unwrap().status(), StatusCode::OK);
+                probes += 1;
+            }
+            assert_eq!(listed.unwrap().status(), StatusCode::OK, "{backend:?}");
+        }
+        // A check at the start of each second the flood touched, and one more at most for a
+        // second boundary crossed while the first check of a second was in flight.
+        let seconds = started.elapsed().as_secs_f64().ceil();
+        let made = checks().await - before;
+        assert!(
+            (1.0..=seconds + 1.0).contains(&made),
+            "{backend:?}: {probes} probes in {seconds} s made {made} database checks"
+        );
+    }
 }
 
 /// Reads `stream` into `seen` until `seen` holds `marker`.

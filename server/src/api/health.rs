@@ -151,6 +151,7 @@ impl DatabaseCheck {
                 DatabaseStatus::Unreachable
             }
         };
+        crate::metrics::health_database_check(status == DatabaseStatus::Ok);
         *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
             Some((Instant::now(), status));
         status
