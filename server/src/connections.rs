@@ -16,7 +16,8 @@
 //!   no progress for `write_timeout` (the kernel's and hyper's buffers full): a slow or stalled
 //!   reader holds no memory and no place for long, whether it reads a long list or a live
 //!   event stream;
-//! - a connection idle for `idle_timeout` between requests is closed (poem's).
+//! - a connection that has neither read nor written for `idle_timeout` is closed, after its
+//!   request in flight if any (`serving`, from this module's [`Activity`]).
 
 use std::{
     collections::HashMap,
@@ -24,7 +25,10 @@ use std::{
     io,
     net::IpAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -37,7 +41,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::Sleep,
+    time::{Instant, Sleep},
 };
 
 /// Descriptors kept free for the database pool, the log and the rest of the process.
@@ -191,6 +195,7 @@ impl Acceptor for LimitedAcceptor {
                 // The first request's clock starts now: a socket that says nothing is closed.
                 deadline: Some(Box::pin(tokio::time::sleep(limit))),
                 sniffed: 0,
+                activity: Arc::new(Activity::now()),
             };
             return Ok((guarded, local, remote, scheme));
         }
@@ -212,9 +217,46 @@ pub struct Guarded {
     /// How many bytes of the connection's start have been compared with the HTTP/2 preface
     /// (all of it, once that is decided).
     sniffed: usize,
+    activity: Arc<Activity>,
+}
+
+/// When a connection last read or wrote anything: the idle clock, kept by the socket and read
+/// by the connection's task only when it would expire.
+#[derive(Debug)]
+pub struct Activity {
+    /// Milliseconds since [`Activity::epoch`].
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn now() -> Self {
+        let activity = Self { last: AtomicU64::new(0) };
+        activity.touch();
+        activity
+    }
+
+    fn touch(&self) {
+        let since = u64::try_from(Self::epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(since, Ordering::Relaxed);
+    }
+
+    /// The last read or write.
+    pub fn last(&self) -> Instant {
+        Self::epoch() + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
 }
 
 impl Guarded {
+    /// The connection's idle clock.
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
     /// Watches a write's outcome: pending (the client's buffers full) for `write_timeout` in a
     /// row ends the connection; any progress restarts the clock.
     fn watch_write<T>(
@@ -280,6 +322,7 @@ impl AsyncRead for Guarded {
         let filled = buf.filled().len();
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > filled {
+            this.activity.touch();
             this.refuse_http2(&buf.filled()[filled..])?;
             if this.deadline.is_none() {
                 let mut deadline = Box::pin(tokio::time::sleep(this.limit));
@@ -300,11 +343,13 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(written)) if written > 0)
-            && !buf.starts_with(INTERIM_RESPONSE)
-        {
-            // The response has begun: the request is in.
-            this.deadline = None;
+        if matches!(poll, Poll::Ready(Ok(written)) if written > 0) {
+            // Only bytes count: hyper flushes whenever its task runs, the idle check's included.
+            this.activity.touch();
+            if !buf.starts_with(INTERIM_RESPONSE) {
+                // The response has begun: the request is in.
+                this.deadline = None;
+            }
         }
         this.watch_write(cx, poll)
     }
@@ -318,8 +363,11 @@ impl AsyncWrite for Guarded {
         let interim =
             bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| b.starts_with(INTERIM_RESPONSE));
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(written)) if written > 0) && !interim {
-            this.deadline = None;
+        if matches!(poll, Poll::Ready(Ok(written)) if written > 0) {
+            this.activity.touch();
+            if !interim {
+                this.deadline = None;
+            }
         }
         this.watch_write(cx, poll)
     }
@@ -357,6 +405,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             stalled: None,
             sniffed: 0,
+            activity: Arc::new(Activity::now()),
         };
         let mut h2 = guarded(stream);
         assert!(h2.refuse_http2(b"PRI * HT").is_ok(), "not decided yet");

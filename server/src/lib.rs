@@ -15,22 +15,20 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
+pub mod serving;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upkeep;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
-use poem::{
-    Endpoint, EndpointExt, Response, Route, Server, endpoint::make_sync, listener::TcpAcceptor,
-    middleware::CatchPanic,
-};
+use poem::{Endpoint, EndpointExt, Response, Route, endpoint::make_sync, middleware::CatchPanic};
 
 use crate::{
     auth::{CookieAuth, Verifier},
     config::Config,
-    connections::{ConnectionLimits, LimitedAcceptor},
+    connections::ConnectionLimits,
     events::Hub,
     rate_limit::RateLimits,
     shutdown::Draining,
@@ -74,9 +72,6 @@ impl AppState {
         Ok(Self { store, verifier, rate_limits, cookie_auth, draining, events })
     }
 }
-
-/// How long in-flight requests may take to finish after a shutdown signal.
-const GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// How the HTTP application is put together.
 #[derive(Debug, Clone, Default)]
@@ -136,17 +131,4 @@ pub async fn serve(
     serve_with(listener, app, shutdown, ConnectionLimits::default()).await
 }
 
-/// [`serve`], with these connection limits.
-pub async fn serve_with(
-    listener: std::net::TcpListener,
-    app: impl Endpoint + 'static,
-    shutdown: impl Future<Output = ()>,
-    limits: ConnectionLimits,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let acceptor = LimitedAcceptor::new(TcpAcceptor::from_std(listener)?, &limits);
-    Server::new_with_acceptor(acceptor)
-        .idle_timeout(limits.idle_timeout)
-        .run_with_graceful_shutdown(app, shutdown, Some(GRACE_PERIOD))
-        .await
-}
+pub use serving::serve_with;

@@ -1,7 +1,8 @@
 //! Bounded resources per client: a client that sends a byte at a time (headers or body) is cut
-//! off within the request read timeout; a connection that says nothing is closed; 2,000 silent
-//! connections from eight addresses and a slow client leave normal requests answered; past the
-//! connection cap, new connections wait until one closes. (`hostile.rs` has the rest.)
+//! off within the request read timeout; a connection that says nothing is closed, and so is one
+//! idle after its answers, but not one in use; 2,000 silent connections from eight addresses and
+//! a slow client leave normal requests answered; past the connection cap, new connections wait
+//! until one closes. (`hostile.rs` has the rest.)
 
 use std::{
     net::SocketAddr,
@@ -76,6 +77,51 @@ async fn slow_clients_are_cut_off_and_idle_ones_closed() {
     let mut buffer = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle connection stayed open");
+}
+
+/// Sends one `GET /health/live` on `stream` and reads until its head is in.
+async fn probe(stream: &mut TcpStream) {
+    stream.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "closed before answering");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_once_idle_and_kept_while_in_use() {
+    const IDLE: Duration = Duration::from_secs(2);
+    // Only the idle clock can close these: the read timeout is far away.
+    let limits = ConnectionLimits {
+        idle_timeout: IDLE,
+        request_read_timeout: Duration::from_secs(30),
+        ..ConnectionLimits::default()
+    };
+    let server = server(limits).await;
+    let address = address(&server);
+
+    // In use: a request every half of the idle time, for twice the idle time.
+    let mut busy = TcpStream::connect(address).await.unwrap();
+    for _ in 0..4 {
+        probe(&mut busy).await;
+        tokio::time::sleep(IDLE / 2).await;
+    }
+    probe(&mut busy).await;
+
+    // Idle after an answer: closed after the idle time, not before.
+    let mut idle = TcpStream::connect(address).await.unwrap();
+    probe(&mut idle).await;
+    let started = Instant::now();
+    let (reader, _writer) = idle.into_split();
+    let closed = tokio::time::timeout(IDLE * 5, time_until_closed(reader, started))
+        .await
+        .expect("an idle connection stayed open")
+        .unwrap();
+    assert!(closed >= IDLE - Duration::from_millis(100), "closed after {closed:?} only");
+    assert!(closed < IDLE + SLACK, "an idle connection closed after {closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@ on_every_database!(
     purging_moves_the_watermark_past_the_deletions_it_drops,
     a_keyed_write_is_kept_with_its_key_or_not_at_all,
     one_connection_serves_calls_writes_and_transactions_in_turn,
+    a_keyed_write_cancelled_anywhere_leaves_no_transaction_open,
 );
 
 async fn open(backend: Backend) -> (Arc<dyn TaskStore>, Database) {
@@ -539,6 +540,47 @@ async fn one_connection_serves_calls_writes_and_transactions_in_turn(backend: Ba
     for toggled in toggles {
         assert!(matches!(toggled.unwrap(), Written::Done(_)), "every toggle found its task");
     }
+}
+
+/// A client that goes away drops its request's future wherever it is; so does a call's
+/// deadline. sqlx 0.9's `begin` dropped after its `BEGIN` went out and before the answer left
+/// the connection inside a transaction that sqlx believed closed: every later call on that
+/// connection ran in it, acknowledged and never committed, holding its locks (in the bench:
+/// other writes waited, timed out, deadlocked, then every call failed on an aborted
+/// transaction). Keyed writes cancelled at every point of their way, then plain writes on the
+/// same single connection must be seen by another.
+async fn a_keyed_write_cancelled_anywhere_leaves_no_transaction_open(backend: Backend) {
+    let database = Database::fresh(backend).await;
+    let options = ConnectOptions {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        ..backend.connect_options()
+    };
+    let store = store::connect(&database.url, &options).await.unwrap();
+    let task = store.create("u", &new_task("first")).await.unwrap();
+    for n in 0..1500u64 {
+        let key = IdempotencyKey { key: format!("k{n}"), fingerprint: vec![1; 32] };
+        let keyed = async {
+            if let Ok(Claim::First(mut writes)) = store.claim("u", &key).await {
+                let _ = writes.create(&new_task("keyed")).await;
+                let _ = writes.commit(Some(b"kept")).await;
+            }
+        };
+        // From at once to a whole write's time, in 2 µs steps.
+        let _ = tokio::time::timeout(Duration::from_micros(n % 400 * 2), keyed).await;
+    }
+    let mut plain = Vec::new();
+    for n in 0..5 {
+        store.toggle_completed("u", task.id, ANY).await.unwrap();
+        plain.push(store.create("u", &new_task(&format!("plain {n}"))).await.unwrap().id);
+    }
+    let other = store::connect(&database.url, &options).await.unwrap();
+    for id in plain {
+        let seen = other.get("u", id).await.unwrap();
+        assert!(seen.is_some(), "a plain write after the cancelled ones was not committed");
+    }
+    let toggled = other.get("u", task.id).await.unwrap().unwrap();
+    assert!(toggled.completed, "five toggles after the cancelled writes: the task is completed");
 }
 
 /// SQLite's write-ahead log stays bounded under plain writes (no key, so no explicit

@@ -35,7 +35,7 @@ use super::{
     NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention, StoreError,
     StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed, by_id_statement,
     count_statement, ids_statement, into_page, kept_claim, list_statement, push_like_search,
-    task_columns, wait_until_reachable, written,
+    task_columns, wait_until_reachable, warm::begin_whole, written,
 };
 
 /// Whether a search goes through the FTS5 trigram index: three characters or more (a shorter
@@ -343,7 +343,9 @@ impl TaskStore for SqliteStore {
         // The write turn and the one write lock, taken now: a second request with the key waits
         // for this one to commit and then finds its response (SQLite never needs the 409).
         let turn = self.write_turn.clone().lock_owned().await;
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = self.pool.clone();
+        let mut transaction =
+            begin_whole(async move { pool.begin_with("BEGIN IMMEDIATE").await }).await?;
         let kept: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
             "SELECT fingerprint, response FROM idempotency_keys \
              WHERE user_id = $1 AND key = $2 AND expires_at > $3",
@@ -368,7 +370,9 @@ impl TaskStore for SqliteStore {
 
     async fn purge(&self) -> StoreResult<Purged> {
         let _turn = self.write_turn.lock().await;
-        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let pool = self.pool.clone();
+        let mut transaction =
+            begin_whole(async move { pool.begin_with("BEGIN IMMEDIATE").await }).await?;
         let now = now_micros();
         let purged: Vec<(String, i64)> = sqlx::query_as(
             "DELETE FROM task_tombstones WHERE (user_id, version) IN ( \

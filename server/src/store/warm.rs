@@ -86,7 +86,8 @@ impl<DB: Database> WarmPool<DB> {
             (Waiting::register(self, &mut state), handed_back)
         };
         drop(handed_back);
-        let transaction = self.pool.begin().await;
+        let pool = self.pool.clone();
+        let transaction = begin_whole(async move { pool.begin().await }).await;
         drop(waiting);
         transaction
     }
@@ -112,6 +113,24 @@ impl<DB: Database> WarmPool<DB> {
             drop(connection);
         }
     }
+}
+
+/// Runs sqlx's `begin` to its end in a task of its own, whatever happens to the caller.
+///
+/// sqlx 0.9's `begin` is not cancel-safe. Dropped on PostgreSQL after its `BEGIN` went out and
+/// before the answer, it leaves the connection inside a transaction that sqlx counts as closed
+/// (its guard rolls back only transactions it has counted); dropped on either database after
+/// the answer came and before it was taken, it leaves a transaction that no `Transaction`
+/// owns. Either way the connection goes back to the pool still in it, and every later call on
+/// it runs inside that transaction: answered, never committed, holding its locks. A request's
+/// future is dropped wherever it is when its client goes away, or its deadline passes. Here a
+/// transaction nobody waits for any more is dropped whole in the task, which rolls it back.
+pub async fn begin_whole<DB: Database>(
+    begin: impl Future<Output = Result<Transaction<'static, DB>, sqlx::Error>> + Send + 'static,
+) -> Result<Transaction<'static, DB>, sqlx::Error> {
+    tokio::spawn(begin)
+        .await
+        .unwrap_or_else(|failed| Err(sqlx::Error::Io(std::io::Error::other(failed))))
 }
 
 /// Counts a caller as waiting on sqlx's pool until dropped (also when its call is cancelled).
