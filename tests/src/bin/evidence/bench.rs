@@ -251,10 +251,12 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         return Ok(());
     }
 
-    let sync = sync_and_retries(&server, scratch, duration / 2).await.context("sync and keys")?;
-    writeln!(report, "\n{sync}")?;
+    // Before the creates of the sync section, which grow the mix's users' lists: the mix beside
+    // the streams runs on the same 20 tasks per user as the rows above.
     let live = streams::report(&server, &script, duration).await.context("live streams")?;
     writeln!(report, "\n{live}")?;
+    let sync = sync_and_retries(&server, scratch, duration / 2).await.context("sync and keys")?;
+    writeln!(report, "\n{sync}")?;
 
     // The user with 10,000 tasks, against a user with 20.
     let large = large_user(&server, Some(&direct_url), duration / 2)
