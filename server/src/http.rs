@@ -3,6 +3,11 @@
 
 use std::time::Instant;
 
+use crate::{
+    error::ApiError,
+    limits::MAX_BODY_BYTES,
+    telemetry::{RequestFields, in_request},
+};
 use futures::StreamExt as _;
 use poem::{
     Endpoint, IntoResponse, Request, Response,
@@ -10,9 +15,6 @@ use poem::{
     middleware::Cors,
 };
 use poem_openapi::OperationId;
-use tracing::Instrument as _;
-
-use crate::{error::ApiError, limits::MAX_BODY_BYTES};
 
 /// Most of an oversized body read before answering 413.
 const MAX_DRAINED_BYTES: usize = 1024 * 1024;
@@ -20,7 +22,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
-/// runs it inside a span carrying that id, echoes the id, and logs one line per response.
+/// names it in every line logged while it is handled, echoes the id, and logs one line per
+/// response.
 pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let request_id =
         req.headers().get(&REQUEST_ID).filter(|id| is_sane_request_id(id)).cloned().unwrap_or_else(
@@ -29,19 +32,18 @@ pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<R
                     .expect("a UUID is a valid header value")
             },
         );
-    let id = request_id.to_str().unwrap_or_default();
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let span = tracing::info_span!("request", id, method = %method, path = uri.path());
+    let fields = RequestFields { id: request_id.clone(), method: method.clone(), uri: uri.clone() };
     let started = Instant::now();
-    let mut response = match next.call(req).instrument(span).await {
+    let mut response = match in_request(fields, next.call(req)).await {
         Ok(response) => response.into_response(),
         Err(err) => err.into_response(),
     };
+    let id = request_id.to_str().unwrap_or_default();
     let elapsed = started.elapsed();
     let operation = response.data::<OperationId>().map_or("none", |operation| operation.0);
     crate::metrics::request(operation, response.status(), elapsed);
-    // Outside the span, with its fields of its own: the JSON formatter would otherwise parse
-    // the span's fields back from their JSON text to print them on this line, once per request.
+    // Outside `in_request`, with the same fields at the top level: the line is about the request.
     tracing::info!(
         id,
         method = %method,

@@ -1,4 +1,5 @@
-//! Logging setup: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
+//! Logging setup: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines,
+//! and the request a line was logged in.
 //!
 //! Lines are formatted on the thread that logs them and written by a background thread through
 //! a 64 KiB buffer, flushed whenever the queue is empty: under load many lines per `write(2)`
@@ -6,11 +7,27 @@
 //! 60 → 55 µs of server CPU per request, see `docs/benchmarks.md`), and an idle server's lines
 //! are not held back. If the writer falls more than [`BUFFERED_LINES`] lines behind, new lines
 //! are dropped rather than slowing requests down.
+//!
+//! A line logged while a request is handled names that request (`"request":{"id","method",
+//! "path"}`) from a task-local set by [`in_request`], not from a `tracing` span: a span is
+//! entered and left by the subscriber at every poll of the request and of every sqlx query
+//! inside it (read locks in `EnvFilter`, reference counts in the registry), and its fields are
+//! formatted once per request whether or not anything is logged inside it. The task-local costs
+//! two pointer swaps per poll; only a line logged inside a request pays for naming it.
 
-use std::io::{BufWriter, Stderr};
+use std::{cell::RefCell, fmt, future::Future};
 
+use poem::http::{HeaderValue, Method, Uri};
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{
+        FmtContext, FormatEvent, FormatFields,
+        format::{self, Writer},
+    },
+    registry::LookupSpan,
+};
 
 use crate::config::LogFormat;
 
@@ -23,19 +40,99 @@ pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
 
 pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr: BufWriter<Stderr> = BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
         .thread_name("log-writer")
         .finish(stderr);
-    let builder = fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
-        // The request span once per line (`span`), not again as a one-element `spans` list.
         LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+            builder.fmt_fields(format::JsonFields::new()).event_format(json_lines()).init()
         }
-        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Pretty => builder.event_format(WithRequest(format::format().compact())).init(),
     }
     LogGuard(guard)
+}
+
+/// One JSON object per line, the event's fields at the top level, and the request it was
+/// logged in under `request`. Public so that the test harness logs exactly as the service does.
+pub fn json_lines() -> WithRequest<format::Format<format::Json>> {
+    WithRequest(format::format().json().flatten_event(true).with_span_list(false))
+}
+
+/// The request a task is handling, as its log lines name it. Cheap to make: clones of
+/// reference-counted values.
+pub struct RequestFields {
+    pub id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestFields;
+}
+
+/// Runs `handling` with every line it logs naming `request`.
+pub async fn in_request<F: Future>(request: RequestFields, handling: F) -> F::Output {
+    REQUEST.scope(request, handling).await
+}
+
+/// Adds the current request (if any) to the lines of the format it wraps.
+pub struct WithRequest<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequest<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let named = REQUEST.try_with(|request| {
+            LINE.with(|line| {
+                // Busy only if formatting a line logged another one: that one goes out plain.
+                let mut line = line.try_borrow_mut().ok()?;
+                line.clear();
+                Some(
+                    self.0
+                        .format_event(ctx, Writer::new(&mut *line), event)
+                        .and_then(|()| write_naming(&mut writer, &line, request)),
+                )
+            })
+        });
+        match named {
+            Ok(Some(written)) => written,
+            _ => self.0.format_event(ctx, writer, event),
+        }
+    }
+}
+
+thread_local! {
+    /// The line being formatted inside a request, reused from line to line.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes `line` (a JSON object or a plain line, each ending in a newline) with `request` in it:
+/// a `request` object first in a JSON line, `request.id=…` fields at the end of a plain one.
+fn write_naming(writer: &mut Writer<'_>, line: &str, request: &RequestFields) -> fmt::Result {
+    let id = String::from_utf8_lossy(request.id.as_bytes());
+    let (method, path) = (request.method.as_str(), request.uri.path());
+    if let Some(fields) = line.strip_prefix('{') {
+        let quoted = |text: &str| serde_json::to_string(text).map_err(|_| fmt::Error);
+        let (id, method, path) = (quoted(&id)?, quoted(method)?, quoted(path)?);
+        let separator = if fields.starts_with('}') { "" } else { "," };
+        write!(
+            writer,
+            r#"{{"request":{{"id":{id},"method":{method},"path":{path}}}{separator}{fields}"#
+        )
+    } else {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        writeln!(writer, "{line} request.id={id} request.method={method} request.path={path:?}")
+    }
 }

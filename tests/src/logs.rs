@@ -1,14 +1,18 @@
 //! Every test server logs at `debug` into a capture that looks at each line as it is written
 //! for things that must never be logged: the JWT secret, the database password, and any JWT at
 //! all. Every response of a test server is looked at the same way. A test server that is
-//! dropped after any such sighting fails its test.
+//! dropped after any such sighting fails its test. Warnings and errors are kept, so that a test
+//! can assert what the service logged about a request.
 
 use std::{
     io::Write,
     sync::{Mutex, Once},
 };
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{MakeWriter, format::JsonFields},
+};
 
 /// The password in every PostgreSQL URL the harness builds (trust auth ignores it, so it is
 /// there only to prove that it is never logged).
@@ -16,6 +20,9 @@ pub const DB_PASSWORD: &str = "pg-password-must-never-be-logged";
 
 static LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static LINES: Mutex<u64> = Mutex::new(0);
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Enough for every warning of a test binary; past it, warnings are no longer kept.
+const MAX_KEPT_WARNINGS: usize = 100_000;
 
 /// Installs the capturing subscriber once per test binary.
 pub fn capture() {
@@ -25,7 +32,8 @@ pub fn capture() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(Scanner)
-            .json()
+            .fmt_fields(JsonFields::new())
+            .event_format(server::telemetry::json_lines())
             .try_init();
     });
 }
@@ -33,6 +41,12 @@ pub fn capture() {
 /// The leaking lines seen so far (empty is good), and how many lines were looked at.
 pub fn leaks() -> (Vec<String>, u64) {
     (LEAKS.lock().unwrap().clone(), *LINES.lock().unwrap())
+}
+
+/// The warnings and errors logged so far (by every test server of this binary) that contain
+/// `text`.
+pub fn warnings_containing(text: &str) -> Vec<String> {
+    WARNINGS.lock().unwrap().iter().filter(|line| line.contains(text)).cloned().collect()
 }
 
 /// What must never appear in a log line or a response.
@@ -71,7 +85,13 @@ impl Write for Scanner {
         let line = String::from_utf8_lossy(buf);
         *LINES.lock().unwrap() += 1;
         if is_secret_bearing(&line) {
-            record_leak(line.into_owned());
+            record_leak(line.to_string());
+        }
+        if line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#) {
+            let mut warnings = WARNINGS.lock().unwrap();
+            if warnings.len() < MAX_KEPT_WARNINGS {
+                warnings.push(line.into_owned());
+            }
         }
         if std::env::var_os("TEST_LOG").is_some() {
             std::io::stderr().write_all(buf)?;

@@ -10,8 +10,8 @@ use client_sdk::types::{
     TaskUpdateDescription, TaskUpdateTitle,
 };
 use integration_tests::{
-    Backend, Options, SECRET, TestServer, expect_problem, now, on_every_database, problem, sign,
-    sign_with, token, user,
+    Backend, Options, SECRET, TestServer, expect_problem, logs, now, on_every_database, problem,
+    sign, sign_with, token, user,
 };
 use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode, header};
@@ -883,6 +883,23 @@ async fn authentication_failures_are_401_problems(backend: Backend) {
         .await
         .unwrap();
     expect_problem(twice, StatusCode::UNAUTHORIZED).await;
+    // The reason is logged once, naming the request it was refused in.
+    let request_id = format!("rejected-trace-{}", uuid::Uuid::new_v4());
+    let response = server
+        .raw()
+        .request(Method::GET, "/api/tasks")
+        .header("x-request-id", &request_id)
+        .bearer_auth(tamper(&sign(&valid)))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, StatusCode::UNAUTHORIZED).await;
+    let logged = logs::warnings_containing(&request_id);
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    let line: Value = serde_json::from_str(&logged[0]).unwrap();
+    assert_eq!(line["request"], json!({"id": request_id, "method": "GET", "path": "/api/tasks"}));
+    assert_eq!(line["message"], "rejected credentials");
+    assert!(line["reason"].as_str().unwrap().contains("invalid"), "{line}");
     // The generated client sees the same 401.
     let unauthenticated = server.anonymous();
     assert_eq!(problem(unauthenticated.list_tasks().send().await).status, 401);
