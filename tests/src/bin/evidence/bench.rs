@@ -45,7 +45,7 @@ use integration_tests::{
 use sqlx::Connection as _;
 
 use crate::{
-    server_process::{self, ServerProcess},
+    server_process::{self, ServerProcess, SyscallCount},
     streams,
 };
 
@@ -113,6 +113,10 @@ pub(crate) struct ServiceRun {
     pub p99_ms: f64,
     pub errors: u64,
     pub cpu_micros_per_request: f64,
+    /// The server's wake-ups (voluntary context switches) per request.
+    pub wake_ups_per_request: f64,
+    /// The server's system calls per request.
+    pub syscalls_per_request: f64,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -174,9 +178,9 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
     writeln!(report, "{label} ({durability})\n")?;
     writeln!(
         report,
-        "| c | who | req/s | p50 ms | p99 ms | errors | server CPU µs/req | PostgreSQL CPU µs/req | ours ÷ this (pairs) |"
+        "| c | who | req/s | p50 ms | p99 ms | errors | server CPU µs/req | server syscalls /req | server wake-ups /req | PostgreSQL CPU µs/req | ours ÷ this (pairs) |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for &concurrency in &concurrencies {
         let mut rounds_run: Vec<Vec<Measured>> = Vec::new();
         for _ in 0..rounds {
@@ -216,18 +220,20 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
                     ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
                 )
             };
+            // pgbench's row has no server process.
+            let of_server = |figure: String| {
+                if column == rounds_run[0].len() - 1 { "—".to_owned() } else { figure }
+            };
             writeln!(
                 report,
-                "| {concurrency} | {name} | {:.0} | {} | {} | {} | {} | {postgres_micros:.0} | {ratio} |",
+                "| {concurrency} | {name} | {:.0} | {} | {} | {} | {} | {} | {} | {postgres_micros:.0} | {ratio} |",
                 run.requests_per_second,
                 latency(run.p50_ms),
                 latency(run.p99_ms),
                 run.errors,
-                if column == rounds_run[0].len() - 1 {
-                    "—".to_owned()
-                } else {
-                    format!("{:.0}", run.cpu_micros_per_request)
-                },
+                of_server(format!("{:.0}", run.cpu_micros_per_request)),
+                of_server(format!("{:.1}", run.syscalls_per_request)),
+                of_server(format!("{:.2}", run.wake_ups_per_request)),
             )?;
         }
     }
@@ -405,6 +411,8 @@ impl Anchors {
             p99_ms: 0.0,
             errors: 0,
             cpu_micros_per_request: 0.0,
+            wake_ups_per_request: 0.0,
+            syscalls_per_request: 0.0,
         };
         let postgres_micros = (postgres_cpu.seconds()? - before) * 1e6 / requests.max(1.0);
         Ok(Measured { run, postgres_micros })
@@ -525,7 +533,8 @@ pub(crate) fn wrk(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<ServiceRun> {
-    let cpu_before = server.cpu_seconds()?;
+    let before = server.usage()?;
+    let syscalls = SyscallCount::start(server.pid())?;
     let output = Command::new("wrk")
         .args(["--latency", "-t", "2", "-c", &concurrency.to_string()])
         .args(["-d", &format!("{}s", duration.as_secs())])
@@ -534,10 +543,16 @@ pub(crate) fn wrk(
         .arg(&server.base_url)
         .output()
         .context("run wrk")?;
-    let cpu = server.cpu_seconds()? - cpu_before;
+    let after = server.usage()?;
+    let syscalls = syscalls.finish()?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     anyhow::ensure!(output.status.success(), "wrk failed: {text}");
-    let run = parse_wrk(&text, cpu)?;
+    let mut run = parse_wrk(&text, after.cpu_seconds - before.cpu_seconds)?;
+    let requests = run.requests.max(1.0);
+    // A thread that exited during the run takes its wake-ups with it (an undercount, never
+    // below zero).
+    run.wake_ups_per_request = after.wake_ups.saturating_sub(before.wake_ups) as f64 / requests;
+    run.syscalls_per_request = syscalls as f64 / requests;
     // A run with errors measured something else (a 429 or a 5xx is cheap): say so loudly.
     if run.errors > 0 {
         eprintln!(
@@ -585,6 +600,8 @@ fn parse_wrk(text: &str, cpu_seconds: f64) -> anyhow::Result<ServiceRun> {
         p99_ms: millis("99%")?,
         errors,
         cpu_micros_per_request: cpu_seconds * 1e6 / requests.max(1.0),
+        wake_ups_per_request: 0.0,
+        syscalls_per_request: 0.0,
     })
 }
 

@@ -159,14 +159,23 @@ impl ServerProcess {
         Ok(())
     }
 
-    /// The process's CPU time so far (user and system), from `/proc/PID/stat`.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+    /// What the process has used so far, from `/proc`.
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the command name (which may hold spaces) start at ")".
         let fields: Vec<&str> =
             stat.rsplit_once(')').context("/proc/PID/stat")?.1.split_whitespace().collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
+        let mut wake_ups = 0;
+        for thread in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+            // A thread that has just exited has no status left: it woke no more.
+            let Ok(status) = std::fs::read_to_string(thread.path().join("status")) else {
+                continue;
+            };
+            wake_ups += field_of(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        }
+        Ok(Usage { cpu_seconds: ticks / 100.0, wake_ups })
     }
 
     /// Peak resident memory, from `/proc`.
@@ -192,6 +201,56 @@ impl ServerProcess {
             .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("no {field} in /proc/PID/status"))
+    }
+}
+
+/// A process's use of the machine, counted from its start.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// User and system CPU time.
+    pub cpu_seconds: f64,
+    /// Times one of its threads blocked and was woken again (voluntary context switches,
+    /// summed over the threads alive now): a count that, unlike CPU time, does not drift with
+    /// the machine's speed.
+    pub wake_ups: u64,
+}
+
+/// The number after `name` in a `/proc` file of `name: value` lines.
+fn field_of(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// The system calls of a process, counted by `perf stat` (the `raw_syscalls:sys_enter`
+/// tracepoint) from [`SyscallCount::start`] to [`SyscallCount::finish`]: every call, sockets
+/// included, which `/proc/PID/io` does not count.
+pub struct SyscallCount(Child);
+
+impl SyscallCount {
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        let perf = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start perf (Debian's linux-perf) to count system calls")?;
+        // perf attaches to the process's threads after it starts; give it that moment.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Self(perf))
+    }
+
+    pub fn finish(self) -> anyhow::Result<u64> {
+        let status = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -INT perf failed");
+        let output = self.0.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        // CSV: the count, its unit (empty), the event's name, …
+        text.lines()
+            .find(|line| line.contains("raw_syscalls:sys_enter"))
+            .and_then(|line| line.split(',').next()?.parse().ok())
+            .with_context(|| format!("no system call count in perf's output: {text}"))
     }
 }
 
