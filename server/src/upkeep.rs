@@ -1,9 +1,10 @@
-//! Background upkeep: old tombstones and expired idempotency keys are purged in bounded batches
-//! (never one long statement or lock), often enough that nothing outlives its retention by much.
+//! Background upkeep: old tombstones, expired idempotency keys and superseded change-log entries
+//! are purged in bounded batches (never one long statement or lock), often enough that nothing
+//! outlives its retention by much.
 
 use std::{sync::Arc, time::Duration};
 
-use crate::store::{PURGE_BATCH, Retention, TaskStore};
+use crate::store::{Purged, Retention, TaskStore};
 
 /// Starts the purge loop; it runs for as long as the runtime does.
 pub fn spawn(store: Arc<dyn TaskStore>, retention: Retention) {
@@ -26,15 +27,15 @@ async fn run(store: Arc<dyn TaskStore>, retention: Retention) {
         loop {
             match store.purge().await {
                 Ok(purged) => {
-                    if purged.tombstones > 0 || purged.idempotency_keys > 0 {
+                    if purged != Purged::default() {
                         tracing::debug!(
                             tombstones = purged.tombstones,
                             idempotency_keys = purged.idempotency_keys,
+                            compacted_owners = purged.compacted_owners,
                             "purged"
                         );
                     }
-                    let full = PURGE_BATCH as u64;
-                    if purged.tombstones < full && purged.idempotency_keys < full {
+                    if !purged.was_full() {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;

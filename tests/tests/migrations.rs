@@ -7,7 +7,8 @@
 //! (SQLite's migrations hold its one write lock from their first statement: no such race.)
 //!
 //! And the move of the change feed's index out of `tasks`: the feed still finds every task
-//! written before it, and a write that changes no indexed column becomes heap-only.
+//! written before it, and a write that changes no indexed column becomes heap-only; then that
+//! index made append-only, its superseded entries left to the upkeep job.
 
 use std::time::Duration;
 
@@ -147,13 +148,7 @@ async fn after_the_feed_index_moves_a_toggle_is_heap_only_and_the_feed_finds_eve
     let all = sqlx::migrate!("../migrations/postgres");
     let moved = all.migrations.iter().position(|m| m.description.contains("hot updates")).unwrap();
     migrate_to(&pool, moved).await;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO tasks (user_id, title) SELECT 'u', 'task ' || n FROM generate_series(1, 3) AS n \
-         RETURNING id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let ids = three_tasks(&pool).await;
     // Before: the version stamp changes an indexed column, so every write touches every index.
     assert!(!toggle_is_heap_only(&database.url, ids[0]).await);
 
@@ -162,19 +157,80 @@ async fn after_the_feed_index_moves_a_toggle_is_heap_only_and_the_feed_finds_eve
     assert!(toggle_is_heap_only(&database.url, ids[1]).await, "a toggle touches no index any more");
 
     // The feed reads every task, with the version of its last write, in the order written.
-    let server::store::Feed::Changes(batch) = store.changes("u", Some(0), 100).await.unwrap()
+    assert_eq!(fed(&*store).await, [(ids[2], 3), (ids[0], 4), (ids[1], 5)]);
+}
+
+/// Three tasks of user `u`, created outside the service; their ids.
+async fn three_tasks(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO tasks (user_id, title) SELECT 'u', 'task ' || n FROM generate_series(1, 3) AS n \
+         RETURNING id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The feed from the start as (task id, version) pairs; a deletion's id negated.
+async fn fed(store: &dyn server::store::TaskStore) -> Vec<(i64, i64)> {
+    let server::store::Feed::Changes(batch) = store.changes("u", Some(0), 1000).await.unwrap()
     else {
         panic!("a cursor of 0 is never gone")
     };
-    let written: Vec<(i64, i64)> = batch
+    batch
         .changes
         .iter()
         .zip(&batch.versions)
         .map(|(change, version)| match change {
             server::store::Change::Upsert(task) => (task.id, *version),
-            server::store::Change::Delete { id } => panic!("nothing was deleted, yet {id} was"),
+            server::store::Change::Delete { id } => (-id, *version),
         })
-        .collect();
-    assert_eq!(written, [(ids[2], 3), (ids[0], 4), (ids[1], 5)]);
-    assert_eq!(batch.cursor, 5);
+        .collect()
+}
+
+async fn logged(pool: &PgPool, from: &str) -> Vec<(i64, i64)> {
+    let sql = format!("SELECT task_id, version FROM {from} WHERE user_id = 'u' ORDER BY version");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_only_log_feeds_each_task_once_and_upkeep_deletes_what_is_superseded() {
+    let database = Database::fresh(Backend::Postgres).await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    let all = sqlx::migrate!("../migrations/postgres");
+    let appended =
+        all.migrations.iter().position(|m| m.description.contains("append only")).unwrap();
+    migrate_to(&pool, appended).await;
+    let ids = three_tasks(&pool).await;
+    sqlx::query("UPDATE tasks SET completed = TRUE WHERE id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = [(ids[1], 2), (ids[2], 3), (ids[0], 4)];
+    assert_eq!(logged(&pool, "task_versions").await, before);
+
+    let store =
+        server::store::connect(&database.url, &Backend::Postgres.connect_options()).await.unwrap();
+    assert_eq!(fed(&*store).await, before, "the entries are carried over");
+    let unconditionally = &server::store::Precondition(None);
+    for _ in 0..100 {
+        store.toggle_completed("u", ids[1], unconditionally).await.unwrap();
+    }
+    store.delete("u", ids[2], unconditionally).await.unwrap();
+    assert_eq!(logged(&pool, "task_changes").await.len(), 103, "one entry per write, kept");
+    let now = [(ids[0], 4), (ids[1], 104), (-ids[2], 105)];
+    assert_eq!(fed(&*store).await, now, "a superseded entry is skipped");
+    // What an older instance reads during a rolling deploy: each live task's latest version.
+    assert_eq!(logged(&pool, "task_versions").await, [(ids[0], 4), (ids[1], 104)]);
+
+    let purged = store.purge().await.unwrap();
+    assert_eq!(purged.compacted_owners, 1, "104 writes since the last compaction, 2 tasks");
+    assert_eq!(logged(&pool, "task_changes").await, [(ids[0], 4), (ids[1], 104)]);
+    assert_eq!(fed(&*store).await, now);
+    assert_eq!(store.purge().await.unwrap().compacted_owners, 0, "nothing new to compact");
+    // A few writes more are not worth a compaction yet; the feed reads past them.
+    store.toggle_completed("u", ids[0], unconditionally).await.unwrap();
+    assert_eq!(store.purge().await.unwrap().compacted_owners, 0);
+    assert_eq!(fed(&*store).await, [(ids[1], 104), (-ids[2], 105), (ids[0], 106)]);
 }

@@ -339,7 +339,8 @@ pub trait TaskStore: Send + Sync + 'static {
     /// first request with it gets the writes; a repeat of the same request its kept response.
     async fn claim(&self, owner: &str, key: &IdempotencyKey) -> StoreResult<Claim>;
     /// One bounded batch of upkeep: tombstones older than their retention and expired
-    /// idempotency keys are deleted, at most [`PURGE_BATCH`] of each.
+    /// idempotency keys are deleted, at most [`PURGE_BATCH`] of each, and (PostgreSQL) the
+    /// change log's superseded entries of at most [`COMPACT_BATCH`] owners.
     async fn purge(&self) -> StoreResult<Purged>;
     /// A `SELECT 1` round trip.
     async fn ping(&self) -> StoreResult<()>;
@@ -501,10 +502,24 @@ impl Default for Retention {
 pub struct Purged {
     pub tombstones: u64,
     pub idempotency_keys: u64,
+    /// Owners whose superseded change-log entries were deleted.
+    pub compacted_owners: u64,
+}
+
+impl Purged {
+    /// Whether a batch came back full: there may be more to do at once.
+    pub fn was_full(&self) -> bool {
+        self.tombstones >= PURGE_BATCH as u64
+            || self.idempotency_keys >= PURGE_BATCH as u64
+            || self.compacted_owners >= COMPACT_BATCH as u64
+    }
 }
 
 /// The most rows of each kind one purge deletes: short statements, short locks.
 pub const PURGE_BATCH: i64 = 1000;
+/// The most owners whose change log one purge compacts (each reads about twice the entries it
+/// deletes, at most about twice the owner's tasks).
+pub const COMPACT_BATCH: i64 = 8;
 
 /// Connections the pool holds, and how many of them are idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

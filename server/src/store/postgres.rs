@@ -22,11 +22,11 @@ use sqlx::{
 use tokio::sync::mpsc;
 
 use super::{
-    Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, Heard, IdempotencyKey,
-    ListQuery, NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority, Purged, Retention,
-    StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written, assemble_feed,
-    by_id_statement, count_statement, ids_statement, into_page, kept_claim, list_statement,
-    push_like_search, task_columns, wait_until_reachable, warm::WarmPool, written,
+    COMPACT_BATCH, Claim, ConnectOptions, Connection, Dialect, Feed, FeedRow, Filter, Heard,
+    IdempotencyKey, ListQuery, NewTask, PURGE_BATCH, Page, PoolStatus, Precondition, Priority,
+    Purged, Retention, StoreError, StoreResult, Task, TaskPatch, TaskStore, Writes, Written,
+    assemble_feed, by_id_statement, count_statement, ids_statement, into_page, kept_claim,
+    list_statement, push_like_search, task_columns, wait_until_reachable, warm::WarmPool, written,
 };
 
 impl Dialect for Postgres {
@@ -216,14 +216,16 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// The change log after `$2` (tombstones only when `$3`), at most `$4` rows, with the owner's
 /// version and purge watermark on every row: one statement, so one snapshot, in which every
 /// version up to the owner's current one is visible (see the migration). Live tasks are found
-/// through `task_versions`, the feed's index kept out of `tasks` (`20261202200000_hot_updates.sql`).
+/// through `task_changes`, the feed's index kept out of `tasks`, append-only: an entry counts
+/// while its task still has its version (`20261207000000_append_only_change_log.sql`).
 const FEED: &str = "WITH owner AS ( \
         SELECT COALESCE(max(version), 0) AS current, COALESCE(max(purged_through), 0) AS purged \
         FROM task_counts WHERE user_id = $1 \
     ), changed AS ( \
         (SELECT logged.version, id, title, description, completed, priority, due_at, tags, \
              created_at, updated_at \
-         FROM task_versions AS logged JOIN tasks ON tasks.id = logged.task_id \
+         FROM task_changes AS logged \
+         JOIN tasks ON tasks.id = logged.task_id AND tasks.version = logged.version \
          WHERE logged.user_id = $1 AND logged.version > $2 ORDER BY logged.version LIMIT $4) \
         UNION ALL \
         (SELECT version, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL \
@@ -410,8 +412,35 @@ impl TaskStore for PostgresStore {
         .persistent(self.prepared)
         .execute(&mut *transaction)
         .await?;
+        // Owners who wrote as many times since their last compaction as they have tasks (at
+        // least 64): their entries whose task has moved on, or is gone, are deleted. An entry
+        // past the owner's version in this snapshot is a write this statement cannot see, and
+        // stays; one superseded meanwhile is deleted at the next compaction.
+        let compacted_owners: i64 = sqlx::query_scalar(
+            "WITH due AS ( \
+                 SELECT user_id, version FROM task_counts \
+                 WHERE version - compacted_through >= greatest(total, 64) LIMIT $1 \
+             ), compacted AS ( \
+                 DELETE FROM task_changes AS logged USING due \
+                 WHERE logged.user_id = due.user_id AND logged.version <= due.version \
+                   AND NOT EXISTS (SELECT FROM tasks \
+                       WHERE tasks.id = logged.task_id AND tasks.version = logged.version) \
+             ), marked AS ( \
+                 UPDATE task_counts SET compacted_through = due.version FROM due \
+                 WHERE task_counts.user_id = due.user_id \
+             ) \
+             SELECT count(*) FROM due",
+        )
+        .bind(COMPACT_BATCH)
+        .persistent(self.prepared)
+        .fetch_one(&mut *transaction)
+        .await?;
         transaction.commit().await?;
-        Ok(Purged { tombstones: tombstones as u64, idempotency_keys: keys.rows_affected() })
+        Ok(Purged {
+            tombstones: tombstones as u64,
+            idempotency_keys: keys.rows_affected(),
+            compacted_owners: compacted_owners as u64,
+        })
     }
 
     async fn ping(&self) -> StoreResult<()> {
