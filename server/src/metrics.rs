@@ -15,7 +15,13 @@
 //! - `event_streams_open` (live event streams now) and `events_sent_total` by `event`
 //!   (`upsert`, `delete`, `resync`).
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, OnceLock, PoisonError, RwLock},
+    time::Duration,
+};
+
+use ::metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, Response, endpoint::make_sync, http::StatusCode};
@@ -90,9 +96,31 @@ pub fn request(operation: &'static str, status: StatusCode, elapsed: Duration) {
         400..=499 => "4xx",
         _ => "5xx",
     };
+    let (requests, latency) = request_handles(operation, class);
+    requests.increment(1);
+    latency.record(elapsed.as_secs_f64());
+}
+
+/// The two series of an operation and status class. The `counter!` and `histogram!` macros
+/// would build the key, allocate its labels and look it up in the recorder on every request;
+/// the handles are the same every time, so each pair is looked up once. Handles taken before a
+/// recorder is installed go nowhere, so the first request must come after [`install`] (the
+/// router installs it when it mounts `/metrics`).
+fn request_handles(operation: &'static str, class: &'static str) -> (Counter, Histogram) {
+    type Handles = HashMap<(&'static str, &'static str), (Counter, Histogram)>;
+    static HANDLES: LazyLock<RwLock<Handles>> = LazyLock::new(RwLock::default);
+    if let Some(handles) =
+        HANDLES.read().unwrap_or_else(PoisonError::into_inner).get(&(operation, class))
+    {
+        return handles.clone();
+    }
     let labels = [("operation", operation), ("status", class)];
-    ::metrics::counter!("http_requests_total", &labels).increment(1);
-    ::metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    let handles = (
+        ::metrics::counter!("http_requests_total", &labels),
+        ::metrics::histogram!("http_request_duration_seconds", &labels),
+    );
+    let mut cached = HANDLES.write().unwrap_or_else(PoisonError::into_inner);
+    cached.entry((operation, class)).or_insert(handles).clone()
 }
 
 /// A bearer token refused: `missing`, `expired` or `invalid`.

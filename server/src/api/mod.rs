@@ -19,6 +19,7 @@ use poem::{Endpoint, Response, Route, endpoint::make_sync};
 
 pub use idempotency::REPLAYED;
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
+pub(crate) use types::Timestamp;
 
 #[derive(Tags)]
 pub enum ApiTags {

@@ -111,7 +111,7 @@ impl Timestamp {
     /// and chrono's formatter allocated each and went through `core::fmt` (~2 % of the server's
     /// CPU in the mix, see `docs/benchmarks.md`). chrono spells what this does not: years
     /// outside 0–9999 and leap seconds.
-    fn spelled<R>(&self, with: impl FnOnce(&str) -> R) -> R {
+    pub(crate) fn spelled<R>(&self, with: impl FnOnce(&str) -> R) -> R {
         let at = self.0;
         let (year, nanos) = (at.year(), at.nanosecond());
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {

@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -102,6 +102,8 @@ pub struct JwksVerifier {
     cache: RwLock<KeyCache>,
     /// Whether a key set has ever loaded (read without a lock by `/health`).
     loaded: AtomicBool,
+    /// How many key sets have loaded: what a remembered token was verified under.
+    key_sets: AtomicU64,
     /// One fetch at a time; the others wait for its result.
     fetching: Mutex<()>,
 }
@@ -138,6 +140,7 @@ impl JwksVerifier {
                 next_refresh: Instant::now(),
             }),
             loaded: AtomicBool::new(false),
+            key_sets: AtomicU64::new(0),
             fetching: Mutex::default(),
         });
         tokio::spawn(refresh_in_background(Arc::downgrade(&verifier)));
@@ -190,6 +193,7 @@ impl JwksVerifier {
                 cache.keys = keys;
                 cache.next_refresh = now + refresh_period;
                 self.loaded.store(true, Ordering::Release);
+                self.key_sets.fetch_add(1, Ordering::AcqRel);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "fetching the JWKS failed");
@@ -355,6 +359,10 @@ impl Verifier for JwksVerifier {
 
     fn key_set_loaded(&self) -> Option<bool> {
         Some(self.is_loaded())
+    }
+
+    fn key_set_generation(&self) -> u64 {
+        self.key_sets.load(Ordering::Acquire)
     }
 }
 

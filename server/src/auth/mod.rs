@@ -6,6 +6,7 @@
 
 mod cookies;
 mod jwks;
+mod memo;
 mod shared_secret;
 
 use std::sync::Arc;
@@ -42,7 +43,9 @@ pub enum AuthError {
 pub struct Subject {
     /// The user id: the owner of every task the request touches.
     pub id: String,
-    /// The credential's `exp`, in seconds since the epoch: a live event stream ends there.
+    /// When the credential stops being valid, in seconds since the epoch: its `exp`, or the end
+    /// of the session it embeds when that comes first (Better Auth's cookie cache). A live event
+    /// stream ends there, and a remembered credential is verified again.
     pub expires_at: u64,
 }
 
@@ -61,6 +64,12 @@ pub trait Verifier: Send + Sync + 'static {
     /// In JWKS mode, whether a key set has loaded; `None` without a JWKS.
     fn key_set_loaded(&self) -> Option<bool> {
         None
+    }
+
+    /// Changes whenever the keys change (a JWKS refreshed): a credential remembered under other
+    /// keys is verified again. A shared secret changes only with a restart.
+    fn key_set_generation(&self) -> u64 {
+        0
     }
 }
 
@@ -85,12 +94,13 @@ pub fn verifier(sources: KeySources) -> anyhow::Result<Arc<dyn Verifier>> {
         SharedSecretVerifier::new(&secrets, &rules)
     });
     let jwks = sources.jwks.map(JwksVerifier::start).transpose()?;
-    Ok(match (shared_secret, jwks) {
+    let verifier: Arc<dyn Verifier> = match (shared_secret, jwks) {
         (Some(shared_secret), Some(jwks)) => Arc::new(EitherKeySource { shared_secret, jwks }),
         (Some(shared_secret), None) => Arc::new(shared_secret),
         (None, Some(jwks)) => jwks,
         (None, None) => anyhow::bail!("set BETTER_AUTH_SECRET or BETTER_AUTH_JWKS_URL"),
-    })
+    };
+    Ok(Arc::new(memo::RememberingVerifier::new(verifier)))
 }
 
 /// Both key sources at once: HMAC tokens go to the shared secret, the others to the JWKS.
@@ -118,6 +128,10 @@ impl Verifier for EitherKeySource {
 
     fn key_set_loaded(&self) -> Option<bool> {
         self.jwks.key_set_loaded()
+    }
+
+    fn key_set_generation(&self) -> u64 {
+        self.jwks.key_set_generation()
     }
 }
 
@@ -198,18 +212,19 @@ fn is_cookie_cache(claims: &Map<String, Value>) -> bool {
 /// The cookie cache's own session must still be live: `session.expiresAt` (an ISO date) not
 /// past, as `isEmbeddedSessionExpired` in `better-auth/dist/cookies/index.mjs` holds it (a
 /// missing or unreadable date is not an expiry there, and not here). The cookie cache outlives
-/// a session that ends sooner than its `maxAge`.
-fn check_embedded_session(claims: &Map<String, Value>) -> Result<(), AuthError> {
+/// a session that ends sooner than its `maxAge`. Returns that end, when the cookie has one.
+fn check_embedded_session(claims: &Map<String, Value>) -> Result<Option<i64>, AuthError> {
     let expires_at = claims
         .get("session")
         .and_then(|session| session.get("expiresAt"))
         .and_then(Value::as_str)
-        .and_then(|date| chrono::DateTime::parse_from_rfc3339(date).ok());
+        .and_then(|date| chrono::DateTime::parse_from_rfc3339(date).ok())
+        .map(|at| at.timestamp());
     match expires_at {
-        Some(at) if at.timestamp() + (LEEWAY_SECS as i64) < chrono::Utc::now().timestamp() => {
+        Some(at) if at + (LEEWAY_SECS as i64) < chrono::Utc::now().timestamp() => {
             Err(AuthError::Expired)
         }
-        _ => Ok(()),
+        _ => Ok(expires_at),
     }
 }
 
@@ -285,9 +300,8 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<Subject, AuthError
     {
         return Err(AuthError::Invalid("user.id and session.userId disagree".into()));
     }
-    if is_cookie_cache(claims) {
-        check_embedded_session(claims)?;
-    }
+    let session_ends_at =
+        if is_cookie_cache(claims) { check_embedded_session(claims)? } else { None };
     match claim.as_str() {
         Some(subject)
             if !subject.is_empty()
@@ -295,8 +309,9 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<Subject, AuthError
                 && !subject.chars().any(char::is_control) =>
         {
             // Every source requires `exp` (the compact cookie's is its own expiry).
-            let expires_at = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0);
-            Ok(Subject { id: subject.to_owned(), expires_at: expires_at.max(0.0) as u64 })
+            let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0).max(0.0) as u64;
+            let expires_at = session_ends_at.map_or(exp, |at| exp.min(at.max(0) as u64));
+            Ok(Subject { id: subject.to_owned(), expires_at })
         }
         _ => Err(AuthError::Invalid(format!(
             "subject is not 1 to {MAX_SUBJECT_CHARS} characters without control characters"

@@ -184,11 +184,14 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
     for &concurrency in &concurrencies {
         let mut rounds_run: Vec<Vec<Measured>> = Vec::new();
         for _ in 0..rounds {
+            settle(&direct_url).await?;
             let mut round =
                 vec![measure_wrk(&server, &postgres_cpu, &script, concurrency, duration)?];
             for peer in &anchors.peers {
+                settle(&direct_url).await?;
                 round.push(measure_wrk(&peer.1, &postgres_cpu, &script, concurrency, duration)?);
             }
+            settle(&direct_url).await?;
             round.push(anchors.pgbench(&postgres_cpu, concurrency, duration)?);
             rounds_run.push(round);
         }
@@ -437,6 +440,17 @@ fn measure_wrk(
     let run = wrk(server, script, concurrency, duration)?;
     let postgres_micros = (postgres_cpu.seconds()? - before) * 1e6 / run.requests.max(1.0);
     Ok(Measured { run, postgres_micros })
+}
+
+/// Pays, between two measured runs, the PostgreSQL work the previous run left due: a `VACUUM`
+/// (else autovacuum, woken by the previous run's writes, can run in the next one's window: one
+/// pair on 2026-12-07 charged plain pgbench 92 µs per transaction instead of 34) and a
+/// `CHECKPOINT` (the next timed one is then five minutes away, past the bench's end).
+async fn settle(database_url: &str) -> anyhow::Result<()> {
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::raw_sql("VACUUM").execute(&mut connection).await?;
+    sqlx::raw_sql("CHECKPOINT").execute(&mut connection).await?;
+    Ok(())
 }
 
 /// The CPU time of a local PostgreSQL server: its postmaster (with the children it has reaped,
