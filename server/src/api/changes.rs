@@ -2,6 +2,8 @@
 //! store's change log is read from a cursor; the cursor is the owner's version after the last
 //! change returned, handed out opaque.
 
+use std::sync::Arc;
+
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use poem_openapi::{ApiResponse, Object, Union, types::Example};
 
@@ -93,17 +95,23 @@ pub async fn read(
     match state.store.changes(&caller.user_id, since, limit).await? {
         Feed::Gone => Err(ApiError::CURSOR_GONE),
         Feed::Changes(batch) => Ok(ChangesResponse::Ok(JsonBody(ChangeBatchView {
-            changes: batch.changes.into_iter().map(ChangeView::from).collect(),
+            changes: batch
+                .changes
+                .into_iter()
+                .map(|change| ChangeView::new(change, &caller.user_id))
+                .collect(),
             cursor: encode(batch.cursor),
             more: batch.more,
         }))),
     }
 }
 
-impl From<store::Change> for ChangeView {
-    fn from(change: store::Change) -> Self {
+impl ChangeView {
+    pub(super) fn new(change: store::Change, owner: &Arc<String>) -> Self {
         match change {
-            store::Change::Upsert(task) => ChangeView::Upsert(UpsertChange { task: task.into() }),
+            store::Change::Upsert(task) => {
+                ChangeView::Upsert(UpsertChange { task: TaskView::new(task, owner) })
+            }
             store::Change::Delete { id } => ChangeView::Delete(DeleteChange { id }),
         }
     }

@@ -108,7 +108,7 @@ pub async fn open(
     let cursor = match since {
         Some(since) => since,
         None => {
-            let owner = [caller.user_id.clone()];
+            let owner = [String::clone(&caller.user_id)];
             state.store.versions(&owner).await?.first().map_or(0, |(_, version)| *version)
         }
     };
@@ -137,7 +137,7 @@ pub async fn open(
 /// One stream's state.
 struct Follower {
     store: Arc<dyn TaskStore>,
-    owner: String,
+    owner: std::sync::Arc<String>,
     /// The owner's version up to which everything has been sent (or queued in `pending`).
     cursor: i64,
     follow: Follow,
@@ -174,7 +174,8 @@ impl Follower {
                 }
                 Ok(Feed::Changes(batch)) => {
                     for (change, version) in batch.changes.into_iter().zip(batch.versions) {
-                        self.pending.push_back(event(ChangeView::from(change), version));
+                        self.pending
+                            .push_back(event(ChangeView::new(change, &self.owner), version));
                     }
                     self.cursor = batch.cursor;
                     self.caught_up = !batch.more;

@@ -64,7 +64,7 @@ pub struct Session {
 /// database, see `crate::events`).
 struct Woken {
     events: std::sync::Arc<Hub>,
-    owner: String,
+    owner: std::sync::Arc<String>,
 }
 
 impl Woken {

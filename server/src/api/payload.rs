@@ -71,7 +71,7 @@ impl<T: Type + Serialize + Send> IntoResponse for JsonBody<T> {
 /// deleted meanwhile is left out.
 pub enum TaskArray {
     Whole(Vec<TaskView>),
-    Streamed { store: Arc<dyn TaskStore>, owner: String, ids: Vec<i64>, filter: Filter },
+    Streamed { store: Arc<dyn TaskStore>, owner: Arc<String>, ids: Vec<i64>, filter: Filter },
 }
 
 impl Payload for TaskArray {
@@ -109,13 +109,13 @@ impl IntoResponse for TaskArray {
 /// is long gone): the client sees a truncated response, never a wrong one.
 fn stream_tasks(
     store: Arc<dyn TaskStore>,
-    owner: String,
+    owner: Arc<String>,
     ids: Vec<i64>,
     filter: Filter,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     struct Reading {
         store: Arc<dyn TaskStore>,
-        owner: String,
+        owner: Arc<String>,
         filter: Filter,
         chunks: std::vec::IntoIter<Vec<i64>>,
         /// Whether a task has been written (the next one needs a comma).
@@ -137,7 +137,10 @@ fn stream_tasks(
         };
         let found = reading.store.tasks_by_id(&reading.owner, &chunk, &reading.filter).await;
         let mut found: HashMap<i64, TaskView> = match found {
-            Ok(tasks) => tasks.into_iter().map(|task| (task.id, task.into())).collect(),
+            Ok(tasks) => tasks
+                .into_iter()
+                .map(|task| (task.id, TaskView::new(task, &reading.owner)))
+                .collect(),
             Err(err) => {
                 tracing::warn!(error = %err, "a streamed list ended early");
                 reading.done = true;

@@ -8,6 +8,8 @@
 //! matched there, `tasks` included. Both document themselves as the same two schemes, so
 //! Swagger UI's "Authorize" asks for the token once.
 
+use std::sync::Arc;
+
 use poem::{Request, RequestBody, http::header};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
@@ -24,7 +26,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The token's subject: the owner of every task this request touches.
-    pub user_id: String,
+    pub user_id: Arc<String>,
     /// When the credential expires (seconds since the epoch): an event stream ends then.
     pub expires_at: u64,
 }

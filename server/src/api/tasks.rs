@@ -6,6 +6,8 @@
 //! so `task_operations!` declares the eight operations once and is expanded for each style; every
 //! operation is a one-line call into the shared functions below it.
 
+use std::sync::Arc;
+
 use poem::{Request, web::Data};
 use poem_openapi::{
     OpenApi,
@@ -25,7 +27,7 @@ use super::{
     types::{
         DeletedResponse, GetTaskResponse, JsonObject, Limit, Offset, OrderParam, SortParam,
         StatusParam, TaskCreateSchema, TaskCreatedResponse, TaskListResponse, TaskResponse,
-        TaskUpdateSchema,
+        TaskUpdateSchema, TaskView,
     },
     validation,
 };
@@ -547,7 +549,9 @@ async fn list(
             ids,
             filter: query.filter,
         },
-        None => TaskArray::Whole(page.tasks.into_iter().map(Into::into).collect()),
+        None => TaskArray::Whole(
+            page.tasks.into_iter().map(|task| TaskView::new(task, &caller.user_id)).collect(),
+        ),
     };
     Ok(TaskListResponse::Ok(tasks, page.total, next))
 }
@@ -567,12 +571,13 @@ async fn create(
             Begun::Run(session) => session,
             Begun::Replay(kept) => return Ok(kept.into()),
         };
-    let outcome = create_task(session.writes(), req, body).await;
+    let outcome = create_task(session.writes(), &caller.user_id, req, body).await;
     session.finish(outcome).await
 }
 
 async fn create_task(
     writes: &mut dyn Writes,
+    owner: &Arc<String>,
     req: &Request,
     body: &Value,
 ) -> Result<TaskCreatedResponse, ApiError> {
@@ -581,7 +586,7 @@ async fn create_task(
     // The new task's URL in the style of the collection it was posted to.
     let location = format!("{}/{}", req.uri().path().trim_end_matches('/'), task.id);
     let etag = etag(&task);
-    Ok(TaskCreatedResponse::Created(JsonBody(task.into()), location, etag))
+    Ok(TaskCreatedResponse::Created(JsonBody(TaskView::new(task, owner)), location, etag))
 }
 
 async fn get(
@@ -595,7 +600,7 @@ async fn get(
     if none_match(if_none_match, &etag) {
         return Ok(GetTaskResponse::NotModified(etag));
     }
-    Ok(GetTaskResponse::Ok(JsonBody(task.into()), etag))
+    Ok(GetTaskResponse::Ok(JsonBody(TaskView::new(task, &caller.user_id)), etag))
 }
 
 async fn update(
@@ -612,19 +617,21 @@ async fn update(
             Begun::Run(session) => session,
             Begun::Replay(kept) => return Ok(kept.into()),
         };
-    let outcome = update_task(session.writes(), id, conditions.if_match, body).await;
+    let outcome =
+        update_task(session.writes(), &caller.user_id, id, conditions.if_match, body).await;
     session.finish(outcome).await
 }
 
 async fn update_task(
     writes: &mut dyn Writes,
+    owner: &Arc<String>,
     id: i64,
     if_match: Option<&str>,
     body: &Value,
 ) -> Result<TaskResponse, ApiError> {
     let patch = validation::task_patch(body)?;
     let outcome = writes.update(id, &patch, &precondition(if_match)).await?;
-    Ok(task_response(written(outcome)?))
+    Ok(task_response(written(outcome)?, owner))
 }
 
 async fn toggle(
@@ -640,7 +647,8 @@ async fn toggle(
             Begun::Replay(kept) => return Ok(kept.into()),
         };
     let outcome = session.writes().toggle_completed(id, &precondition(conditions.if_match)).await;
-    let outcome = outcome.map_err(ApiError::from).and_then(written).map(task_response);
+    let outcome = outcome.map_err(ApiError::from).and_then(written);
+    let outcome = outcome.map(|task| task_response(task, &caller.user_id));
     session.finish(outcome).await
 }
 
@@ -661,7 +669,7 @@ async fn delete(
     session.finish(outcome.map(|()| DeletedResponse::NoContent)).await
 }
 
-fn task_response(task: Task) -> TaskResponse {
+fn task_response(task: Task, owner: &Arc<String>) -> TaskResponse {
     let etag = etag(&task);
-    TaskResponse::Ok(JsonBody(task.into()), etag)
+    TaskResponse::Ok(JsonBody(TaskView::new(task, owner)), etag)
 }

@@ -172,7 +172,7 @@ mod tests {
     }
 
     fn subject(id: &str, expires_at: u64) -> Subject {
-        Subject { id: id.into(), expires_at }
+        Subject { id: Arc::new(id.into()), expires_at }
     }
 
     fn at(second: u64) -> Moment {
@@ -185,8 +185,8 @@ mod tests {
         let exp = jsonwebtoken::get_current_timestamp() + 3600;
         let (alice, bob) = (token(SECRET, "alice", exp), token(SECRET, "bob", exp));
         for _ in 0..3 {
-            assert_eq!(verifier.verify(&alice).await.unwrap().id, "alice");
-            assert_eq!(verifier.verify(&bob).await.unwrap().id, "bob");
+            assert_eq!(verifier.verify(&alice).await.unwrap().id.as_str(), "alice");
+            assert_eq!(verifier.verify(&bob).await.unwrap().id.as_str(), "bob");
         }
         assert_eq!(counted.calls.load(Ordering::SeqCst), 2);
     }
@@ -212,7 +212,10 @@ mod tests {
         memo.remember("expires late", &subject("bob", 9_999), at(1_000));
         assert_eq!(memo.recall("expires soon", at(1_009)), Some(subject("alice", 1_010)));
         assert_eq!(memo.recall("expires soon", at(1_010)), None);
-        assert_eq!(memo.recall("expires late", at(1_000 + REMEMBER_FOR - 1)).unwrap().id, "bob");
+        assert_eq!(
+            memo.recall("expires late", at(1_000 + REMEMBER_FOR - 1)).unwrap().id.as_str(),
+            "bob"
+        );
         assert_eq!(memo.recall("expires late", at(1_000 + REMEMBER_FOR)), None);
         assert_eq!(memo.recall("never remembered", at(1_000)), None);
     }
@@ -224,7 +227,7 @@ mod tests {
         let refreshed = Moment { second: 1_001, keys: 1 };
         assert_eq!(memo.recall("verified under the first key set", refreshed), None);
         memo.remember("verified under the second", &subject("bob", 9_999), refreshed);
-        assert_eq!(memo.recall("verified under the second", refreshed).unwrap().id, "bob");
+        assert_eq!(memo.recall("verified under the second", refreshed).unwrap().id.as_str(), "bob");
     }
 
     #[test]
@@ -235,7 +238,7 @@ mod tests {
             assert!(memo.len() <= MAX_REMEMBERED);
         }
         assert_eq!(
-            memo.recall(&format!("token {}", MAX_REMEMBERED + 9), at(1_000)).unwrap().id,
+            memo.recall(&format!("token {}", MAX_REMEMBERED + 9), at(1_000)).unwrap().id.as_str(),
             "alice"
         );
         let long = "x".repeat(MAX_REMEMBERED_BYTES + 1);

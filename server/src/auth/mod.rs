@@ -41,8 +41,9 @@ pub enum AuthError {
 /// Who a verified credential speaks for, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
-    /// The user id: the owner of every task the request touches.
-    pub id: String,
+    /// The user id: the owner of every task the request touches. Shared: a remembered
+    /// credential's subject, and every task of a response, hold this one copy.
+    pub id: Arc<String>,
     /// When the credential stops being valid, in seconds since the epoch: its `exp`, or the end
     /// of the session it embeds when that comes first (Better Auth's cookie cache). A live event
     /// stream ends there, and a remembered credential is verified again.
@@ -311,7 +312,7 @@ fn subject_from_claims(claims: &Map<String, Value>) -> Result<Subject, AuthError
             // Every source requires `exp` (the compact cookie's is its own expiry).
             let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0).max(0.0) as u64;
             let expires_at = session_ends_at.map_or(exp, |at| exp.min(at.max(0) as u64));
-            Ok(Subject { id: subject.to_owned(), expires_at })
+            Ok(Subject { id: Arc::new(subject.to_owned()), expires_at })
         }
         _ => Err(AuthError::Invalid(format!(
             "subject is not 1 to {MAX_SUBJECT_CHARS} characters without control characters"

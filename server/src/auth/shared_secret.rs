@@ -131,7 +131,7 @@ mod tests {
         let rules = ClaimRules { issuer: Some("https://auth.example".into()), audience: None };
         let verifier = SharedSecretVerifier::new(&[b"current", b"older"], &rules);
         let token = sign(b"older", cookie_cache("u1", "u1"));
-        assert_eq!(verifier.verify(&token).await.unwrap().id, "u1");
+        assert_eq!(verifier.verify(&token).await.unwrap().id.as_str(), "u1");
         let disagreeing = sign(b"current", cookie_cache("u1", "u2"));
         assert!(matches!(verifier.verify(&disagreeing).await, Err(AuthError::Invalid(_))));
         // A `user.id` without a session is not the cookie cache: the issuer rule holds.

@@ -26,33 +26,45 @@ pub fn storable(time: &DateTime<Utc>) -> bool {
     (1..=9999).contains(&time.year())
 }
 
-/// A task as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// A task as stored. Its owner is not part of it: every read and write names the owner, so the
+/// statements do not select it and no row decodes it again (a page of 20 tasks read the same
+/// user id 20 times, each into a new `String`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub id: i64,
-    pub user_id: String,
     pub title: String,
     pub description: Option<String>,
     pub completed: bool,
-    #[sqlx(try_from = "i16")]
     pub priority: Priority,
     pub due_at: Option<DateTime<Utc>>,
     /// Lower case, unique, in the order first given.
-    #[sqlx(json)]
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// The columns of a [`Task`], in the order of its fields (tags as JSON text on SQLite, `jsonb` on
-/// PostgreSQL); a macro, so that statements stay `&'static str` built by `concat!`.
+/// PostgreSQL); a macro, so that statements stay `&'static str` built by `concat!`. PostgreSQL's
+/// rows are decoded by position in this order (`postgres::decode_task`).
 macro_rules! task_columns {
     () => {
-        "id, user_id, title, description, completed, priority, due_at, tags, created_at, updated_at"
+        "id, title, description, completed, priority, due_at, tags, created_at, updated_at"
     };
 }
 use task_columns;
 const TASK_COLUMNS: &str = task_columns!();
+/// [`TASK_COLUMNS`] one by one, for decoding by position (a unit test keeps the two equal).
+const TASK_COLUMN_NAMES: [&str; 9] = [
+    "id",
+    "title",
+    "description",
+    "completed",
+    "priority",
+    "due_at",
+    "tags",
+    "created_at",
+    "updated_at",
+];
 
 /// How urgent a task is, from low to urgent; stored as its rank (0 to 3), so that sorting by
 /// priority is sorting by a number.
@@ -641,7 +653,6 @@ struct FeedRow<T> {
 /// The feed from the rows of a read that asked for `limit + 1` changes; `time` converts the
 /// database's timestamps.
 fn assemble_feed<T>(
-    owner: &str,
     since: Option<i64>,
     limit: i64,
     rows: Vec<FeedRow<T>>,
@@ -660,7 +671,6 @@ fn assemble_feed<T>(
             (Some(title), Some(completed), Some(priority), Some(created_at), Some(updated_at)) => {
                 Change::Upsert(Task {
                     id,
-                    user_id: owner.to_owned(),
                     title,
                     description: row.description,
                     completed,
@@ -1079,6 +1089,13 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    /// PostgreSQL decodes a task's columns by position, checking their names against this list
+    /// in debug builds: it must be the statements' list.
+    #[test]
+    fn the_task_column_names_are_the_statements_columns() {
+        assert_eq!(super::TASK_COLUMN_NAMES.join(", "), super::TASK_COLUMNS);
     }
 
     /// Both databases must go through the same schema versions.

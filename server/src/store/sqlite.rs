@@ -142,7 +142,6 @@ pub struct SqliteStore {
 #[derive(FromRow)]
 struct TaskRow {
     id: i64,
-    user_id: String,
     title: String,
     description: Option<String>,
     completed: bool,
@@ -168,7 +167,6 @@ impl TryFrom<TaskRow> for Task {
             id: row.id,
             created_at: timestamp(row.created_at)?,
             updated_at: timestamp(row.updated_at)?,
-            user_id: row.user_id,
             title: row.title,
             description: row.description,
             completed: row.completed,
@@ -309,7 +307,7 @@ impl TaskStore for SqliteStore {
             .bind(limit + 1)
             .fetch_all(&self.pool)
             .await?;
-        assemble_feed(owner, since, limit, rows, timestamp)
+        assemble_feed(since, limit, rows, timestamp)
     }
 
     /// One process, one file: its streams were woken in memory, nobody else is listening.
