@@ -1,5 +1,5 @@
-//! Cross-cutting HTTP layers: request ids, access logs and request metrics, the body-size
-//! limit, and CORS.
+//! Cross-cutting HTTP layers: the API beside the routes that are not operations, request ids,
+//! access logs and request metrics, the body-size limit, and CORS.
 
 use std::time::Instant;
 
@@ -11,6 +11,8 @@ use crate::{
 use futures::StreamExt as _;
 use poem::{
     Endpoint, IntoResponse, Request, Response,
+    endpoint::BoxEndpoint,
+    error::ParsePathError,
     http::{HeaderName, HeaderValue, Method, header},
     middleware::Cors,
 };
@@ -20,6 +22,39 @@ use poem_openapi::OperationId;
 const MAX_DRAINED_BYTES: usize = 1024 * 1024;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The API, and beside it the routes that are not operations (the document, Swagger UI,
+/// metrics): a request for one of those goes to `beside`, every other one straight to the API,
+/// whose own router answers 404 or 405 as it did. A `Route` nesting the API at `/` did the same
+/// at the cost of a second route look-up, a rebuilt URI and one more boxed future per request
+/// (`docs/benchmarks.md`, issue 19 step 9).
+// Both boxed, as the `Route` it replaces was: the type of the middleware stack's future is deep
+// enough already (a `Route`'s own future here overflowed the compiler's depth limit in the tests).
+// The API's box was there before; the other is taken only by the rare requests beside it.
+pub struct BesideApi {
+    pub api: BoxEndpoint<'static, Response>,
+    pub beside: BoxEndpoint<'static, Response>,
+}
+
+impl Endpoint for BesideApi {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let path = req.uri().path();
+        // What the nest refused (a 400): a path that does not decode to UTF-8 has no
+        // `{user_id}` or `{id}` in it to speak of.
+        if path.contains('%') && percent_encoding::percent_decode_str(path).decode_utf8().is_err() {
+            return Err(ParsePathError.into());
+        }
+        if is_beside_api(path) { self.beside.call(req).await } else { self.api.call(req).await }
+    }
+}
+
+/// The paths that `BesideApi` sends beside the API: `/openapi.json`, `/metrics` (served only
+/// when metrics are on the API's listener, a 404 otherwise) and `/docs…`.
+fn is_beside_api(path: &str) -> bool {
+    matches!(path, "/openapi.json" | "/metrics" | "/docs") || path.starts_with("/docs/")
+}
 
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane, else a new one),
 /// names it in every line logged while it is handled, echoes the id, and logs one line per

@@ -23,7 +23,10 @@ pub mod upkeep;
 
 use std::{future::Future, sync::Arc};
 
-use poem::{Endpoint, EndpointExt, Response, Route, endpoint::make_sync, middleware::CatchPanic};
+use poem::{
+    Endpoint, EndpointExt, IntoEndpoint as _, Response, Route, endpoint::make_sync,
+    middleware::CatchPanic,
+};
 
 use crate::{
     auth::{CookieAuth, Verifier},
@@ -99,13 +102,12 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
     let docs = api::swagger_ui(page);
     let spec =
         make_sync(move |_| Response::builder().content_type("application/json").body(spec.clone()));
-    let mut routes =
-        Route::new().nest("/", api).at("/openapi.json", poem::get(spec)).nest("/docs", docs);
+    let mut beside = Route::new().at("/openapi.json", poem::get(spec)).nest("/docs", docs);
     if options.metrics {
-        routes = routes.at("/metrics", poem::get(metrics::endpoint(state.store.clone())));
+        beside = beside.at("/metrics", poem::get(metrics::endpoint(state.store.clone())));
     }
     let cors_origins = &options.cors_origins;
-    routes
+    http::BesideApi { api: api.into_endpoint(), beside: beside.boxed() }
         // Inside the body limit: a 400 for a header goes out once the body has been read,
         // never under a client that is still sending it.
         .around(http::strict_headers)
