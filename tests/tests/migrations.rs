@@ -8,7 +8,8 @@
 //!
 //! And the move of the change feed's index out of `tasks`: the feed still finds every task
 //! written before it, and a write that changes no indexed column becomes heap-only; then that
-//! index made append-only, its superseded entries left to the upkeep job.
+//! index made append-only, its superseded entries left to the upkeep job; and the old CHECK
+//! constraints, now rules of the write trigger, refusing what they refused.
 
 use std::time::Duration;
 
@@ -233,4 +234,68 @@ async fn an_append_only_log_feeds_each_task_once_and_upkeep_deletes_what_is_supe
     store.toggle_completed("u", ids[0], unconditionally).await.unwrap();
     assert_eq!(store.purge().await.unwrap().compacted_owners, 0);
     assert_eq!(fed(&*store).await, [(ids[1], 104), (-ids[2], 105), (ids[0], 106)]);
+}
+
+/// The SQLSTATE and constraint name with which `sql` fails.
+async fn refusal(pool: &PgPool, sql: &'static str) -> (String, String) {
+    let err = sqlx::raw_sql(sql).execute(pool).await.expect_err(sql);
+    let err = err.as_database_error().expect("a database error");
+    (err.code().unwrap().into_owned(), err.constraint().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_of_the_old_check_constraints_hold_in_the_write_trigger() {
+    let database = Database::fresh(Backend::Postgres).await;
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    server::store::connect(&database.url, &Backend::Postgres.connect_options()).await.unwrap();
+    let checks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'c' \
+         AND conrelid IN ('tasks'::regclass, 'task_counts'::regclass)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(checks, 0, "no CHECK constraint left to compile on every write");
+    let ids = three_tasks(&pool).await;
+    let refused = [
+        ("INSERT INTO tasks (user_id, title) VALUES ('', 't')", "tasks_user_id_check"),
+        ("INSERT INTO tasks (user_id, title) VALUES ('u', ' ')", "tasks_title_check"),
+        ("UPDATE tasks SET title = repeat('x', 201) WHERE user_id = 'u'", "tasks_title_check"),
+        ("UPDATE tasks SET description = '' WHERE user_id = 'u'", "tasks_description_check"),
+        ("UPDATE tasks SET priority = 4 WHERE user_id = 'u'", "tasks_priority_check"),
+        // The owner's counts, made wrong by hand: the next write that would go below zero fails.
+        (
+            "UPDATE task_counts SET total = 0 WHERE user_id = 'u'; DELETE FROM tasks WHERE user_id = 'u'",
+            "task_counts_total_check",
+        ),
+        (
+            "UPDATE tasks SET completed = TRUE WHERE user_id = 'u'; \
+             UPDATE task_counts SET completed = 0 WHERE user_id = 'u'; \
+             UPDATE tasks SET completed = FALSE WHERE user_id = 'u'",
+            "task_counts_check",
+        ),
+    ];
+    for (sql, rule) in refused {
+        assert_eq!(refusal(&pool, sql).await, ("23514".to_owned(), rule.to_owned()), "{sql}");
+    }
+    // Each statement failed whole: nothing of the above was written.
+    assert_eq!(stored_and_real(&pool).await, (3, 3));
+    let (title, completed): (String, bool) =
+        sqlx::query_as("SELECT title, completed FROM tasks WHERE id = $1")
+            .bind(ids[0])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((title.as_str(), completed), ("task 1", false));
+    // Values inside the rules pass, at their edges too.
+    sqlx::raw_sql(
+        "UPDATE tasks SET title = repeat('x', 200), description = repeat('d', 1000), priority = 3, \
+         completed = TRUE WHERE user_id = 'u'; \
+         UPDATE tasks SET description = NULL, priority = 0 WHERE user_id = 'u'; \
+         DELETE FROM tasks WHERE user_id = 'u'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored_and_real(&pool).await, (0, 0));
 }
