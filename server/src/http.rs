@@ -60,13 +60,12 @@ fn is_beside_api(path: &str) -> bool {
 /// names it in every line logged while it is handled, echoes the id, and logs one line per
 /// response.
 pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let request_id =
-        req.headers().get(&REQUEST_ID).filter(|id| is_sane_request_id(id)).cloned().unwrap_or_else(
-            || {
-                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                    .expect("a UUID is a valid header value")
-            },
-        );
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|id| is_sane_request_id(id))
+        .cloned()
+        .unwrap_or_else(new_request_id);
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let fields = RequestFields { id: request_id.clone(), method: method.clone(), uri: uri.clone() };
     let started = Instant::now();
@@ -92,6 +91,13 @@ pub async fn trace_request<E: Endpoint>(next: E, req: Request) -> poem::Result<R
     Ok(response)
 }
 
+/// A new request id: a random UUID, spelled on the stack and copied once into the header value.
+fn new_request_id() -> HeaderValue {
+    let mut spelled = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let spelled = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut spelled);
+    HeaderValue::from_str(spelled).expect("a UUID is a valid header value")
+}
+
 fn is_sane_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
@@ -109,6 +115,12 @@ fn is_sane_request_id(id: &HeaderValue) -> bool {
 /// Only `POST` and `PUT` take a body; on every other method one sent is drained the same way
 /// and ignored, as the contract says, and so never answered with a 413.
 pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let body = req.take_body();
+    if body.is_empty() {
+        // Nothing to read or to limit (a GET, a DELETE): the request goes on as it came.
+        req.set_body(body);
+        return Ok(next.call(req).await?.into_response());
+    }
     let takes_body = matches!(*req.method(), Method::POST | Method::PUT);
     let declared = req
         .headers()
@@ -118,7 +130,7 @@ pub async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<
     if takes_body && declared.is_some_and(|len| len > MAX_DRAINED_BYTES as u64) {
         return Err(ApiError::PayloadTooLarge.into());
     }
-    let mut chunks = req.take_body().into_bytes_stream();
+    let mut chunks = body.into_bytes_stream();
     let mut body = Vec::new();
     let mut seen = 0usize;
     while let Some(chunk) = chunks.next().await {
