@@ -5,9 +5,10 @@
 //! - `dev`: run the service locally, creating `.env` with a random secret on first use.
 //! - `resilience`: kill -9 mid-burst on both databases, and two processes on one PostgreSQL.
 //! - `soak [--minutes N] [--users N] [--database postgres|sqlite]`: a long mixed workload.
-//! - `bench [--quick] [--pooler] [--no-fsync]`: the release server against a minimal
-//!   hyper + tokio-postgres peer and plain-SQL pgbench on the same durable database; the
-//!   figures go to `docs/benchmarks.md` (needs `wrk`).
+//! - `bench [--quick] [--pooler] [--no-fsync] [--instructions]`: the release server against a
+//!   minimal hyper + tokio-postgres peer and plain-SQL pgbench on the same durable database
+//!   (needs `wrk`), or with `--instructions` its instructions and allocations per request under
+//!   callgrind (needs `valgrind`); the figures go to `docs/benchmarks.md`.
 //! - `contract`: the spec checked by outside consumers: Redocly, a TypeScript frontend,
 //!   schemathesis, and Swagger UI in headless Chromium (needs Node, Python and Chromium).
 //! - `image [--check]`: the root `Dockerfile` built with podman into `localhost/task-api`
@@ -23,7 +24,7 @@ mod openapi;
 use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage: cargo xtask openapi [--check] | dev | resilience | contract | \
-                     bench [--quick] [--pooler] | \
+                     bench [--quick] [--pooler] [--instructions] | \
                      soak [--minutes N] [--users N] [--database postgres|sqlite] | \
                      image [--check]";
 

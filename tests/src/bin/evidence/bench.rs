@@ -28,6 +28,9 @@
 //! - `--pooler`: the service behind PgBouncer (transaction mode, `DATABASE_STATEMENT_CACHE=0`).
 //! - `--quick`: one short pair at c = 50 and short extras (CI runs it so that the tool never
 //!   rots; its figures mean little).
+//! - `--instructions`: instead of all that, the server's instructions and allocations per
+//!   request of the mix, counted under callgrind (`instructions.rs`): figures that do not drift
+//!   with the machine.
 
 use std::{
     fmt::Write as _,
@@ -45,6 +48,7 @@ use integration_tests::{
 use sqlx::Connection as _;
 
 use crate::{
+    instructions,
     server_process::{self, ServerProcess, SyscallCount},
     streams,
 };
@@ -64,9 +68,11 @@ pub struct Options {
     server_env: Vec<(String, String)>,
     /// This server binary instead of a fresh release build (to compare two builds in turn).
     server_binary: Option<PathBuf>,
+    /// Only the counts under callgrind.
+    instructions: bool,
 }
 
-const USAGE: &str = "bench [--quick] [--pooler] [--no-fsync] [--concurrency N] [--server-env KEY=VALUE]… [--server-binary PATH]";
+const USAGE: &str = "bench [--quick] [--pooler] [--no-fsync] [--concurrency N] [--server-env KEY=VALUE]… [--server-binary PATH] [--instructions]";
 
 impl Options {
     pub fn parse(args: &[&str]) -> anyhow::Result<Self> {
@@ -77,6 +83,7 @@ impl Options {
             concurrency: None,
             server_env: Vec::new(),
             server_binary: None,
+            instructions: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -84,6 +91,7 @@ impl Options {
                 "--quick" => options.quick = true,
                 "--pooler" => options.pooler = true,
                 "--no-fsync" => options.no_fsync = true,
+                "--instructions" => options.instructions = true,
                 "--concurrency" => {
                     let value = args.next().context(USAGE)?;
                     options.concurrency = Some(value.parse().context(USAGE)?);
@@ -129,7 +137,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         None => server_process::build_release()?,
     };
     let scratch = tempfile::tempdir()?;
-    measure(&options, &binary, scratch.path()).await.map_err(|err| {
+    let measured = if options.instructions {
+        instructions::report(&binary, scratch.path()).await.map(|report| println!("\n{report}"))
+    } else {
+        measure(&options, &binary, scratch.path()).await
+    };
+    measured.map_err(|err| {
         // The servers' logs say why a request failed; keep them for whoever reads the error.
         let kept = scratch.keep();
         err.context(format!("the servers' logs are kept in {}", kept.display()))
@@ -158,14 +171,7 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
         None => (direct_url.clone(), vec![]),
     };
     let mut env: Vec<(&str, &str)> = env;
-    // The limiter runs as in production but never binds: one user at c = 10 on a cheap page
-    // asks for more than the default 5,000/s, and these rows measure the page, not the policy.
-    env.extend([
-        ("RUST_LOG", "info"),
-        ("LOG_FORMAT", "json"),
-        ("RATE_LIMIT_PER_SECOND", "1000000"),
-    ]);
-    env.extend(streams::SERVER_ENV);
+    env.extend(server_env());
     env.extend(options.server_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let log = scratch.join("bench-postgres.log");
     let server = ServerProcess::start_with(binary, &service_url, log, &env).await?;
@@ -301,9 +307,22 @@ async fn measure(options: &Options, binary: &Path, scratch: &Path) -> anyhow::Re
     Ok(())
 }
 
+/// The server's environment in every bench run.
+pub(crate) fn server_env() -> Vec<(&'static str, &'static str)> {
+    // The limiter runs as in production but never binds: one user at c = 10 on a cheap page
+    // asks for more than the default 5,000/s, and these rows measure the page, not the policy.
+    let mut env =
+        vec![("RUST_LOG", "info"), ("LOG_FORMAT", "json"), ("RATE_LIMIT_PER_SECOND", "1000000")];
+    env.extend(streams::SERVER_ENV);
+    env
+}
+
 /// 100 users × 20 tasks through the API, one user after another; a `wrk` script that knows
 /// their tokens.
-async fn seed_and_write_script(server: &ServerProcess, dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) async fn seed_and_write_script(
+    server: &ServerProcess,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let mut users = String::new();
     for user in 1..=USERS {
         let user_id = user.to_string();
@@ -577,7 +596,7 @@ pub(crate) fn wrk(
     Ok(run)
 }
 
-fn parse_wrk(text: &str, cpu_seconds: f64) -> anyhow::Result<ServiceRun> {
+pub(crate) fn parse_wrk(text: &str, cpu_seconds: f64) -> anyhow::Result<ServiceRun> {
     let field = |prefix: &str| -> Option<&str> {
         text.lines().find_map(|line| line.trim().strip_prefix(prefix)).map(str::trim)
     };

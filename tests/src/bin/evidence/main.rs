@@ -13,6 +13,7 @@
 mod bench;
 mod contract;
 mod image;
+mod instructions;
 mod resilience;
 mod rolling;
 mod server_process;

@@ -76,8 +76,34 @@ impl ServerProcess {
         env: &[(&str, &str)],
         port: u16,
     ) -> anyhow::Result<Self> {
+        Self::launch(Command::new(binary), database_url, log, env, port).await
+    }
+
+    /// [`start_with`](Self::start_with), `binary` run by `wrapper` (a program and its
+    /// arguments, such as valgrind's), which must pass the environment on.
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        binary: &Path,
+        database_url: &str,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let (program, arguments) = wrapper.split_first().context("an empty wrapper")?;
+        let mut command = Command::new(program);
+        command.args(arguments).arg(binary);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::launch(command, database_url, log, env, port).await
+    }
+
+    async fn launch(
+        mut command: Command,
+        database_url: &str,
+        log: PathBuf,
+        env: &[(&str, &str)],
+        port: u16,
+    ) -> anyhow::Result<Self> {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = Command::new(binary)
+        let child = command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("DATABASE_URL", database_url)
