@@ -395,7 +395,7 @@ impl IntoResponse for ApiError {
 
 /// The catch-all: every error that reaches the top becomes a problem response (which keeps the
 /// operation's id, for the access log and the metrics).
-pub async fn problem_response(err: poem::Error) -> Response {
+pub fn problem_response(err: poem::Error) -> Response {
     let mut response = match err.downcast_ref::<ApiError>() {
         Some(api_error) => api_error.as_response(),
         None => from_framework(&err).as_response(),

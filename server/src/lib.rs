@@ -23,10 +23,7 @@ pub mod upkeep;
 
 use std::{future::Future, sync::Arc};
 
-use poem::{
-    Endpoint, EndpointExt, IntoEndpoint as _, Response, Route, endpoint::make_sync,
-    middleware::CatchPanic,
-};
+use poem::{Endpoint, EndpointExt, IntoEndpoint as _, Response, Route, endpoint::make_sync};
 
 use crate::{
     auth::{CookieAuth, Verifier},
@@ -107,19 +104,8 @@ pub fn app(state: AppState, options: &AppOptions) -> impl Endpoint + 'static {
         beside = beside.at("/metrics", poem::get(metrics::endpoint(state.store.clone())));
     }
     let cors_origins = &options.cors_origins;
-    http::BesideApi { api: api.into_endpoint(), beside: beside.boxed() }
-        // Inside the body limit: a 400 for a header goes out once the body has been read,
-        // never under a client that is still sending it.
-        .around(http::strict_headers)
-        .around(http::limit_body)
-        .data(state)
-        // Inside CORS, so that error responses carry CORS headers too.
-        .catch_all_error(error::problem_response)
+    http::Front { api: api.into_endpoint(), beside: beside.boxed(), state }
         .with_if(!cors_origins.is_empty(), http::cors(cors_origins))
-        // CORS's own refusals (an origin not allowed) as problems too.
-        .catch_all_error(error::problem_response)
-        // A bug that panics still answers with a problem (and is logged by the panic hook).
-        .with(CatchPanic::new().with_handler(|_| error::ApiError::Internal))
         .around(http::trace_request)
 }
 

@@ -104,8 +104,8 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
             // A task of its own: a request runs to its end when its client leaves (hyper drops
             // the future it holds when the connection closes, wherever it is, and sqlx's
             // `begin` is one place where that leaves a transaction open; see
-            // `store::warm::begin_whole`). It also keeps the ~15 KB of the endpoint's future
-            // out of hyper's place for it, which lives as long as the connection.
+            // `store::warm::begin_whole`). It also keeps the endpoint's future (a few KB) out
+            // of hyper's place for it, which lives as long as the connection.
             let handled = tokio::spawn(async move { app.get_response(request).await });
             async move {
                 let response = handled.await.unwrap_or_else(|_| {

@@ -1246,6 +1246,8 @@ async fn cors_preflight_needs_no_token(backend: Backend) {
         .await
         .unwrap();
     assert!(!evil.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    // Refused as a problem, like every other refusal.
+    expect_problem(evil, StatusCode::FORBIDDEN).await;
 }
 
 fn etag_of(headers: &header::HeaderMap) -> String {
