@@ -1,12 +1,12 @@
-//! [`JsonBody`]: a JSON response payload written straight from `serde::Serialize`; and
-//! [`TaskArray`], a list of tasks written whole or streamed.
+//! [`JsonBody`]: a JSON response payload written straight from `serde::Serialize`, or for a
+//! task by hand ([`WriteJson`]); and [`TaskArray`], a list of tasks written whole or streamed.
 //!
 //! poem-openapi's `Json<T>` first builds a `serde_json::Value` (an `IndexMap` per object, a
 //! `String` per field) and then serialises that; writing straight from serde took a request
 //! from 55 to 52 µs of server CPU (`docs/benchmarks.md`). The document is unchanged: the schema
-//! is still `T`'s poem-openapi one, and a unit test checks both encodings agree.
+//! is still `T`'s poem-openapi one, and unit tests check that the encodings agree.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Borrow, collections::HashMap, sync::Arc};
 
 use futures::StreamExt as _;
 use poem::{Body, IntoResponse, Response, http::header};
@@ -15,14 +15,89 @@ use poem_openapi::{
     registry::{MetaSchemaRef, Registry},
     types::Type,
 };
-use serde::Serialize;
 
 use super::types::TaskView;
 use crate::store::{Filter, TaskStore, WHOLE_LIST_MAX};
 
-/// Serialises `T` with serde; documents `T`'s poem-openapi schema as `application/json`.
+/// Writes `T` as JSON ([`WriteJson`]); documents `T`'s poem-openapi schema as
+/// `application/json`.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
+
+/// How a response body is written as JSON: the bytes of `T`'s `serde::Serialize`.
+pub trait WriteJson {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+}
+
+impl WriteJson for super::changes::ChangeBatchView {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(out, self)
+    }
+}
+
+/// A task, the body written most (twenty to a page), with its keys written as the literals they
+/// are: serde_json scans every key for characters to escape, as it does any string, and that
+/// was a third of the instructions spent writing a task (`docs/benchmarks.md`, issue 19 step
+/// 13). The values still go through serde_json. `hand_written_tasks_are_what_serde_writes`
+/// holds the bytes equal to serde's.
+impl WriteJson for TaskView {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        // Every field named, none skipped: a new one does not compile until it is written here.
+        let TaskView {
+            id,
+            user_id,
+            title,
+            description,
+            completed,
+            priority,
+            due_date,
+            tags,
+            created_at,
+            updated_at,
+        } = self;
+        out.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut *out, id)?;
+        out.extend_from_slice(b",\"user_id\":");
+        serde_json::to_writer(&mut *out, user_id.as_str())?;
+        out.extend_from_slice(b",\"title\":");
+        serde_json::to_writer(&mut *out, title)?;
+        out.extend_from_slice(b",\"description\":");
+        serde_json::to_writer(&mut *out, description)?;
+        out.extend_from_slice(if *completed {
+            b",\"completed\":true"
+        } else {
+            b",\"completed\":false"
+        });
+        out.extend_from_slice(b",\"priority\":");
+        serde_json::to_writer(&mut *out, priority)?;
+        out.extend_from_slice(b",\"due_date\":");
+        serde_json::to_writer(&mut *out, due_date)?;
+        out.extend_from_slice(b",\"tags\":");
+        serde_json::to_writer(&mut *out, tags)?;
+        out.extend_from_slice(b",\"created_at\":");
+        serde_json::to_writer(&mut *out, created_at)?;
+        out.extend_from_slice(b",\"updated_at\":");
+        serde_json::to_writer(&mut *out, updated_at)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// `tasks` as a JSON array, appended to `out`; `written`: whether a task precedes them.
+fn write_tasks(
+    out: &mut Vec<u8>,
+    tasks: impl IntoIterator<Item = impl Borrow<TaskView>>,
+    written: &mut bool,
+) -> serde_json::Result<()> {
+    for task in tasks {
+        if *written {
+            out.push(b',');
+        }
+        *written = true;
+        task.borrow().write_json(out)?;
+    }
+    Ok(())
+}
 
 impl<T: Type> Payload for JsonBody<T> {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
@@ -44,16 +119,19 @@ impl<T: Type> Payload for JsonBody<T> {
 /// without growing (from serde_json's 128 bytes, a page of 20 tasks grew six times, each a copy).
 const TASK_JSON_BYTES: usize = 384;
 
-/// `value` as JSON, into a buffer sized for `tasks` tasks.
-fn to_json<T: Serialize>(value: &T, tasks: usize) -> serde_json::Result<Vec<u8>> {
+/// The body of `write`, into a buffer sized for `tasks` tasks.
+fn to_json(
+    tasks: usize,
+    write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+) -> serde_json::Result<Vec<u8>> {
     let mut body = Vec::with_capacity(TASK_JSON_BYTES * tasks.max(1));
-    serde_json::to_writer(&mut body, value)?;
+    write(&mut body)?;
     Ok(body)
 }
 
-impl<T: Type + Serialize + Send> IntoResponse for JsonBody<T> {
+impl<T: Type + WriteJson + Send> IntoResponse for JsonBody<T> {
     fn into_response(self) -> Response {
-        match to_json(&self.0, 1) {
+        match to_json(1, |body| self.0.write_json(body)) {
             Ok(body) => Response::builder()
                 .header(header::CONTENT_TYPE, <Self as Payload>::CONTENT_TYPE)
                 .body(body),
@@ -93,7 +171,12 @@ impl Payload for TaskArray {
 impl IntoResponse for TaskArray {
     fn into_response(self) -> Response {
         let body = match self {
-            TaskArray::Whole(tasks) => match to_json(&tasks, tasks.len()) {
+            TaskArray::Whole(tasks) => match to_json(tasks.len(), |body| {
+                body.push(b'[');
+                write_tasks(body, &tasks, &mut false)?;
+                body.push(b']');
+                Ok(())
+            }) {
                 Ok(body) => Body::from(body),
                 Err(_) => return crate::error::ApiError::Internal.into_response(),
             },
@@ -148,15 +231,10 @@ fn stream_tasks(
             }
         };
         let mut bytes = Vec::with_capacity(chunk.len() * TASK_JSON_BYTES);
-        for task in chunk.iter().filter_map(|id| found.remove(id)) {
-            if reading.written {
-                bytes.push(b',');
-            }
-            reading.written = true;
-            if let Err(err) = serde_json::to_writer(&mut bytes, &task) {
-                reading.done = true;
-                return Some((Err(std::io::Error::other(err)), reading));
-            }
+        let in_order = chunk.iter().filter_map(|id| found.remove(id));
+        if let Err(err) = write_tasks(&mut bytes, in_order, &mut reading.written) {
+            reading.done = true;
+            return Some((Err(std::io::Error::other(err)), reading));
         }
         Some((Ok(bytes), reading))
     });
@@ -165,9 +243,53 @@ fn stream_tasks(
 
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
     use poem_openapi::types::{Example, ToJSON};
 
-    use super::super::types::TaskView;
+    use super::super::types::{PriorityName, TaskView, Timestamp};
+    use super::{WriteJson as _, write_tasks};
+
+    /// Tasks of every shape: each priority, with and without a description, a due date and
+    /// tags, strings that need escaping, times at the edges of the spelling.
+    fn tasks() -> Vec<TaskView> {
+        let hostile = "quotes \" and \\ and ünïcode ✓, </script>, \u{1}\u{1f}\u{7f} and \u{2028}";
+        let priorities =
+            [PriorityName::Low, PriorityName::Medium, PriorityName::High, PriorityName::Urgent];
+        let times = [0, 1_767_952_800_123_456, -62_135_596_800_000_000, 253_402_300_799_999_999];
+        let mut tasks = Vec::new();
+        for (i, priority) in priorities.into_iter().enumerate() {
+            let mut task = TaskView::example();
+            task.id = [0, 1, i64::MAX, i64::MIN][i];
+            task.priority = priority;
+            task.completed = i % 2 == 0;
+            task.created_at = Timestamp(DateTime::from_timestamp_micros(times[i]).unwrap());
+            if i % 2 == 1 {
+                task.description = None;
+                task.due_date = None;
+                task.tags = Vec::new();
+                task.title = hostile.into();
+                task.user_id = std::sync::Arc::new(hostile.into());
+            } else {
+                task.description = Some(hostile.into());
+                task.tags = vec![hostile.into(), "home".into()];
+            }
+            tasks.push(task);
+        }
+        tasks
+    }
+
+    #[test]
+    fn hand_written_tasks_are_what_serde_writes() {
+        for task in tasks() {
+            let mut written = Vec::new();
+            task.write_json(&mut written).unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), serde_json::to_string(&task).unwrap());
+        }
+        let mut list = b"[".to_vec();
+        write_tasks(&mut list, tasks(), &mut false).unwrap();
+        list.push(b']');
+        assert_eq!(String::from_utf8(list).unwrap(), serde_json::to_string(&tasks()).unwrap());
+    }
 
     /// What is sent (serde) must be what is documented (poem-openapi's encoding of the schema).
     #[test]
