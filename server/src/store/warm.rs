@@ -72,7 +72,10 @@ impl<DB: Database> WarmPool<DB> {
                 }
             }
         };
-        let connection = self.pool.acquire().await;
+        // Boxed: sqlx's `acquire` is a future of ~4 KB, which every store call's future would
+        // otherwise carry (and move) for this path that few calls take
+        // (`docs/benchmarks.md`, issue 19 step 14).
+        let connection = Box::pin(self.pool.acquire()).await;
         drop(waiting);
         Ok(Lease { connection: Some(connection?), warm: self.clone(), permit })
     }
@@ -125,12 +128,16 @@ impl<DB: Database> WarmPool<DB> {
 /// it runs inside that transaction: answered, never committed, holding its locks. A request's
 /// future is dropped wherever it is when its client goes away, or its deadline passes. Here a
 /// transaction nobody waits for any more is dropped whole in the task, which rolls it back.
-pub async fn begin_whole<DB: Database>(
+///
+/// Not an `async fn`: `begin` goes to its task at once, where as an argument of one it would
+/// stay in the caller's future too.
+pub fn begin_whole<DB: Database>(
     begin: impl Future<Output = Result<Transaction<'static, DB>, sqlx::Error>> + Send + 'static,
-) -> Result<Transaction<'static, DB>, sqlx::Error> {
-    tokio::spawn(begin)
-        .await
-        .unwrap_or_else(|failed| Err(sqlx::Error::Io(std::io::Error::other(failed))))
+) -> impl Future<Output = Result<Transaction<'static, DB>, sqlx::Error>> {
+    let task = tokio::spawn(begin);
+    async move {
+        task.await.unwrap_or_else(|failed| Err(sqlx::Error::Io(std::io::Error::other(failed))))
+    }
 }
 
 /// Counts a caller as waiting on sqlx's pool until dropped (also when its call is cancelled).
