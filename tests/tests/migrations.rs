@@ -9,7 +9,8 @@
 //! And the move of the change feed's index out of `tasks`: the feed still finds every task
 //! written before it, and a write that changes no indexed column becomes heap-only; then that
 //! index made append-only, its superseded entries left to the upkeep job; and the old CHECK
-//! constraints, now rules of the write trigger, refusing what they refused.
+//! constraints, now rules of the write trigger, refusing what they refused. And a schema that
+//! drifted from the code: a listing fails rather than decoding what it cannot read.
 
 use std::time::Duration;
 
@@ -298,4 +299,29 @@ async fn the_rules_of_the_old_check_constraints_hold_in_the_write_trigger() {
     .await
     .unwrap();
     assert_eq!(stored_and_real(&pool).await, (0, 0));
+}
+
+/// A column whose type drifted from the code fails a listing instead of being decoded as what it
+/// is not: a listing checks its first row's column types (not every row's, see
+/// `store/postgres.rs`). `timestamp` and `timestamptz` travel alike, 8 bytes of microseconds, so
+/// a listing that checked no row would answer with every time shifted by the server's zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_whose_column_types_drifted_fails_rather_than_decoding_them() {
+    let database = Database::fresh(Backend::Postgres).await;
+    let store =
+        server::store::connect(&database.url, &Backend::Postgres.connect_options()).await.unwrap();
+    let pool = PgPool::connect(&database.url).await.unwrap();
+    three_tasks(&pool).await;
+    let listing = server::store::ListQuery::default();
+    assert_eq!(store.list("u", &listing).await.unwrap().tasks.len(), 3);
+
+    sqlx::raw_sql("ALTER TABLE tasks ALTER COLUMN updated_at TYPE timestamp")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A fresh store: the other one's connections remember the statements' old result types.
+    let store =
+        server::store::connect(&database.url, &Backend::Postgres.connect_options()).await.unwrap();
+    let drifted = store.list("u", &listing).await;
+    assert!(drifted.is_err(), "a drifted column was decoded: {drifted:?}");
 }

@@ -14,6 +14,7 @@ use std::{str::FromStr, sync::Arc, time::Instant};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{TryStreamExt as _, stream::BoxStream};
 use sqlx::{
     Decode, FromRow, PgConnection, PgPool, Postgres, QueryBuilder, Row as _, Type,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
@@ -94,26 +95,56 @@ pub struct PostgresStore {
     max_tasks_per_user: i64,
 }
 
+/// Whether a row's column types are checked against the Rust types they decode into.
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    Types,
+    /// The row's result had its first row checked: every row of one result has the same columns.
+    Skip,
+}
+
+/// Every row of one result, decoded as it comes, the first with its column types checked and
+/// the others without: a schema that drifted still fails the statement, and a page of 20 tasks
+/// makes 10 checks instead of 200, each a comparison of sqlx's type descriptions (~6 % of the
+/// server's instructions in the mix, `docs/benchmarks.md`, issue 19 step 15).
+async fn decode_rows<T>(
+    mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
+    decode: impl Fn(&PgRow, Check) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        let check = if decoded.is_empty() { Check::Types } else { Check::Skip };
+        decoded.push(decode(&row, check)?);
+    }
+    Ok(decoded)
+}
+
 /// A task from the first columns of a row, by position in the order of `task_columns!()`. The
 /// derived `FromRow` looked every column of every row up by name in sqlx's column map (a page of
 /// 20 tasks, 200 look-ups; ~2 % of the server's CPU in the mix, `docs/benchmarks.md`). Each
-/// column's type is still checked; its name, in debug builds (every test that reads a task).
+/// column's name is checked in debug builds (every test that reads a task).
 impl<'r> FromRow<'r, PgRow> for Task {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let priority: i16 = column(row, 4)?;
+        Task::decode(row, Check::Types)
+    }
+}
+
+impl Task {
+    fn decode(row: &PgRow, check: Check) -> Result<Self, sqlx::Error> {
+        let priority: i16 = column(row, 4, check)?;
         Ok(Task {
-            id: column(row, 0)?,
-            title: column(row, 1)?,
-            description: column(row, 2)?,
-            completed: column(row, 3)?,
+            id: column(row, 0, check)?,
+            title: column(row, 1, check)?,
+            description: column(row, 2, check)?,
+            completed: column(row, 3, check)?,
             priority: Priority::try_from(priority).map_err(|err| sqlx::Error::ColumnDecode {
                 index: "priority".into(),
                 source: err.into(),
             })?,
-            due_at: column(row, 5)?,
-            tags: column::<Json<Vec<String>>>(row, 6)?.0,
-            created_at: column(row, 7)?,
-            updated_at: column(row, 8)?,
+            due_at: column(row, 5, check)?,
+            tags: column::<Json<Vec<String>>>(row, 6, check)?.0,
+            created_at: column(row, 7, check)?,
+            updated_at: column(row, 8, check)?,
         })
     }
 }
@@ -122,13 +153,25 @@ impl<'r> FromRow<'r, PgRow> for Task {
 fn column<'r, T: Decode<'r, Postgres> + Type<Postgres>>(
     row: &'r PgRow,
     index: usize,
+    check: Check,
 ) -> Result<T, sqlx::Error> {
     debug_assert_eq!(
         sqlx::Column::name(&row.columns()[index]),
         TASK_COLUMN_NAMES[index],
         "a statement's columns are not `task_columns!()`"
     );
-    row.try_get(index)
+    value(row, index, check)
+}
+
+fn value<'r, T: Decode<'r, Postgres> + Type<Postgres>>(
+    row: &'r PgRow,
+    index: usize,
+    check: Check,
+) -> Result<T, sqlx::Error> {
+    match check {
+        Check::Types => row.try_get(index),
+        Check::Skip => row.try_get_unchecked(index),
+    }
 }
 
 /// A task of a listing, and the listing's total (the column after the task's).
@@ -137,9 +180,12 @@ struct ListedRow {
     total: i64,
 }
 
-impl<'r> FromRow<'r, PgRow> for ListedRow {
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        Ok(ListedRow { task: Task::from_row(row)?, total: row.try_get(TASK_COLUMN_NAMES.len())? })
+impl ListedRow {
+    fn decode(row: &PgRow, check: Check) -> Result<Self, sqlx::Error> {
+        Ok(ListedRow {
+            task: Task::decode(row, check)?,
+            total: value(row, TASK_COLUMN_NAMES.len(), check)?,
+        })
     }
 }
 
@@ -281,8 +327,11 @@ const FEED: &str = "WITH owner AS ( \
 impl TaskStore for PostgresStore {
     async fn list(&self, owner: &str, query: &ListQuery) -> StoreResult<Page> {
         let mut sql = list_statement::<Postgres>(owner, query);
-        let rows: Vec<ListedRow> = self
-            .call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
+        let rows = self
+            .call(async |db| {
+                decode_rows(sql.build().persistent(self.prepared).fetch(db), ListedRow::decode)
+                    .await
+            })
             .await?;
         let first_total = rows.first().map(|row| row.total);
         let tasks: Vec<Task> = rows.into_iter().map(|row| row.task).collect();
@@ -309,8 +358,10 @@ impl TaskStore for PostgresStore {
     ) -> StoreResult<Vec<Task>> {
         let mut sql = by_id_statement::<Postgres>(owner, filter);
         sql.push(" AND id = ANY(").push_bind(ids).push(")");
-        self.call(async |db| sql.build_query_as().persistent(self.prepared).fetch_all(db).await)
-            .await
+        self.call(async |db| {
+            decode_rows(sql.build().persistent(self.prepared).fetch(db), Task::decode).await
+        })
+        .await
     }
 
     async fn get(&self, owner: &str, id: i64) -> StoreResult<Option<Task>> {
