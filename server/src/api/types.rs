@@ -102,6 +102,17 @@ impl TaskView {
     }
 }
 
+/// `00` to `99`, for spelling two digits at a time.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        pairs[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    pairs
+};
+
 /// An RFC 3339 UTC timestamp with microseconds, e.g. `2026-01-09T10:00:00.123456Z`
 /// (what JavaScript's `new Date()` parses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,31 +120,33 @@ pub struct Timestamp(pub DateTime<Utc>);
 
 impl Timestamp {
     /// The one spelling, `2026-12-24T08:30:00.000000Z`, for the documented encoding and for
-    /// serde's alike. Spelled digit by digit on the stack: a page of 50 tasks spells up to 150,
-    /// and chrono's formatter allocated each and went through `core::fmt` (~2 % of the server's
-    /// CPU in the mix, see `docs/benchmarks.md`). chrono spells what this does not: years
-    /// outside 0–9999 and leap seconds.
+    /// serde's alike. Spelled on the stack, two digits at a time: a page of 50 tasks spells up
+    /// to 150, and chrono's formatter allocated each and went through `core::fmt` (~2 % of the
+    /// server's CPU in the mix, see `docs/benchmarks.md`). chrono spells what this does not:
+    /// years outside 0–9999 and leap seconds.
     pub(crate) fn spelled<R>(&self, with: impl FnOnce(&str) -> R) -> R {
-        let at = self.0;
+        // UTC's own fields: `DateTime`'s accessors add the (zero) offset again on every call.
+        let at = self.0.naive_utc();
         let (year, nanos) = (at.year(), at.nanosecond());
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-            return with(&at.to_rfc3339_opts(SecondsFormat::Micros, true));
+            return with(&self.0.to_rfc3339_opts(SecondsFormat::Micros, true));
         }
+        let (year, seconds, micros) =
+            (year.unsigned_abs(), at.num_seconds_from_midnight(), nanos / 1000);
         let mut text = *b"0000-00-00T00:00:00.000000Z";
-        let fields = [
-            (0, 4, year.unsigned_abs()),
-            (5, 2, at.month()),
-            (8, 2, at.day()),
-            (11, 2, at.hour()),
-            (14, 2, at.minute()),
-            (17, 2, at.second()),
-            (20, 6, nanos / 1000),
-        ];
-        for (start, width, mut value) in fields {
-            for digit in text[start..start + width].iter_mut().rev() {
-                *digit = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
+        for (start, pair) in [
+            (0, year / 100),
+            (2, year % 100),
+            (5, at.month()),
+            (8, at.day()),
+            (11, seconds / 3600),
+            (14, seconds / 60 % 60),
+            (17, seconds % 60),
+            (20, micros / 10_000),
+            (22, micros / 100 % 100),
+            (24, micros % 100),
+        ] {
+            text[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair as usize]);
         }
         with(std::str::from_utf8(&text).expect("digits and separators are ASCII"))
     }
@@ -530,7 +543,14 @@ mod tests {
             day(-1, 6, 15).and_hms_micro_opt(12, 0, 0, 500_000),
             day(2016, 12, 31).and_hms_micro_opt(23, 59, 59, 1_500_000),
         ];
-        for naive in cases {
+        // And a spread of times across the years spelled on the stack, from a fixed seed.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let spread = (0..10_000).map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let micros = (state >> 1) as i64 % 315_537_897_600_000_000 - 62_167_219_200_000_000;
+            DateTime::from_timestamp_micros(micros).map(|at| at.naive_utc())
+        });
+        for naive in cases.into_iter().chain(spread) {
             let at = Utc.from_utc_datetime(&naive.unwrap());
             let expected = at.to_rfc3339_opts(SecondsFormat::Micros, true);
             assert_eq!(Timestamp(at).spelled(str::to_owned), expected);

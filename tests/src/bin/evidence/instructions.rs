@@ -28,7 +28,7 @@ const WARM_UP: Duration = Duration::from_secs(3);
 /// The measured window (about 400 requests a second under callgrind on this project's machine).
 const WINDOW: Duration = Duration::from_secs(20);
 /// Functions listed by their own instructions.
-const TOP_FUNCTIONS: usize = 15;
+const TOP_FUNCTIONS: usize = 25;
 /// The allocator's entry points (mimalloc's, under Rust's global allocator).
 const ALLOCATIONS: [&str; 3] = ["mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"];
 
