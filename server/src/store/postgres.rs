@@ -105,7 +105,7 @@ enum Check {
 
 /// Every row of one result, decoded as it comes, the first with its column types checked and
 /// the others without: a schema that drifted still fails the statement, and a page of 20 tasks
-/// makes 10 checks instead of 200, each a comparison of sqlx's type descriptions (~6 % of the
+/// makes 10 checks instead of 200, each a comparison of sqlx's type descriptions (~9 % of the
 /// server's instructions in the mix, `docs/benchmarks.md`, issue 19 step 15).
 async fn decode_rows<T>(
     mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
