@@ -184,6 +184,17 @@ struct JsonEscaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for JsonEscaped<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        // Most of what a line holds has nothing to escape: tested sixteen bytes at a time,
+        // without a branch per byte, and then written whole (~2,700 instructions per request
+        // byte by byte, ~1,800 this way: `docs/benchmarks.md`, issue 19 step 15).
+        let escapes = |byte: u8| (byte < 0x20) | (byte == b'"') | (byte == b'\\');
+        let plain_text = text
+            .as_bytes()
+            .chunks(16)
+            .all(|chunk| !chunk.iter().fold(false, |any, &byte| any | escapes(byte)));
+        if plain_text {
+            return self.0.write_str(text);
+        }
         let mut plain = 0;
         for (at, byte) in text.bytes().enumerate() {
             let escaped = match byte {
@@ -376,5 +387,20 @@ mod tests {
         write_json_str(&mut Writer::new(&mut line), NASTY).unwrap();
         assert_eq!(line, serde_json::to_string(NASTY).unwrap());
         assert_eq!(serde_json::from_str::<String>(&line).unwrap(), NASTY);
+        // Plain text, and one character to escape at every place of the sixteen-byte chunks.
+        let plain = "a plain path: /api/tasks/42?limit=50 ü".repeat(2);
+        let mut cases = vec![plain.clone()];
+        for at in 0..plain.len() {
+            for special in ["\"", "\\", "\n", "\u{1f}"] {
+                if plain.is_char_boundary(at) {
+                    cases.push(format!("{}{special}{}", &plain[..at], &plain[at..]));
+                }
+            }
+        }
+        for text in cases {
+            let mut line = String::new();
+            write_json_str(&mut Writer::new(&mut line), &text).unwrap();
+            assert_eq!(line, serde_json::to_string(&text).unwrap());
+        }
     }
 }
